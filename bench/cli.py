@@ -1,0 +1,157 @@
+"""``transfer-bench``: thin entry points over the library.
+
+    transfer-bench sweep [Hydra overrides] [-m] [--cfg job]   run (or resume) a study
+    transfer-bench report DIR [DIR ...]                       tables from records; no Hydra
+    transfer-bench data list | data fetch NAME                the dataset registry
+
+Problems the user can fix print one line ``error: ...`` and exit with status 2. Set
+TRANSFER_BENCH_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bench.errors import BenchError
+
+EXIT_USAGE = 2
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                     "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def guarded(func: Callable[[], object]) -> object:
+    """Run ``func``; a :class:`BenchError` becomes one line on stderr and exit status 2."""
+    try:
+        return func()
+    except BenchError as exc:
+        if os.environ.get("TRANSFER_BENCH_DEBUG"):
+            raise
+        _fail(str(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf messages span lines with internals; keep what names the problem."""
+    skip = ("full_key", "object_type", "reference_type", "Set the environment", "value:")
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    return " ".join(ln for ln in lines if ln and not ln.startswith(skip))
+
+
+def hydra_overrides(argv: Sequence[str]) -> list[str]:
+    """The override arguments among Hydra's command-line flags."""
+    out, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg in _FLAGS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def validate_overrides(overrides: Sequence[str]) -> None:
+    """Compose and check every combination a (multi)run would launch, before any job starts."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bench.config import check, compose_config
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+        batches = BasicSweeper.split_arguments(parsed, None)
+        for batch in batches:
+            for combo in batch:
+                check(compose_config(combo))
+    except BenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf raise many types for bad overrides
+        raise BenchError(_one_line(exc)) from None
+
+
+def sweep(argv: Sequence[str]) -> None:
+    """Run a study through Hydra (override grammar, ``-m`` multirun, ``--cfg job``)."""
+    import hydra
+
+    from bench.config import config_dir
+
+    guarded(lambda: validate_overrides(hydra_overrides(argv)))
+    conf = str(guarded(config_dir))
+
+    def task(cfg) -> None:
+        from bench.sweep import run_study
+
+        guarded(lambda: run_study(cfg))
+
+    sys.argv = ["transfer-bench sweep", *argv]
+    hydra.main(config_path=conf, config_name="config", version_base="1.3")(task)()
+
+
+def report(argv: Sequence[str]) -> None:
+    from bench.results import RECORDS, load_records, markdown_table
+
+    parser = argparse.ArgumentParser(prog="transfer-bench report",
+                                     description="Tables from a study's records (no Hydra).")
+    parser.add_argument("dirs", nargs="+", type=Path, help="study directories (results/<study>)")
+    parser.add_argument("--metric", default="test_acc",
+                        choices=["test_acc", "test_f1", "val_acc", "val_f1"])
+    args = parser.parse_args(argv)
+    for d in args.dirs:
+        records = load_records(d / RECORDS)
+        if not records:
+            raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
+        print(f"## {d.name}: {args.metric}, mean ± std (seeds)\n")
+        print(markdown_table(records, args.metric) + "\n")
+
+
+def data(argv: Sequence[str]) -> None:
+    from bench.cache import cache_root
+    from bench.data.sources import REGISTRY, load_dataset
+
+    parser = argparse.ArgumentParser(prog="transfer-bench data", description="The dataset registry.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    sub.add_parser("list", help="list fetchable datasets")
+    fetch = sub.add_parser("fetch", help="download, verify, extract and parse datasets")
+    fetch.add_argument("names", nargs="+")
+    fetch.add_argument("--cache", default=None, help="cache folder (default ~/.cache/transfer-bench)")
+    args = parser.parse_args(argv)
+    if args.verb == "list":
+        for name, (pkg, _, about) in sorted(REGISTRY.items()):
+            print(f"{name:16} {pkg.spec:28} {about}")
+        return
+    cache = cache_root(args.cache)
+    for name in args.names:
+        ds = load_dataset({"name": name}, cache)
+        counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
+        print(f"{name}: {len(ds)} texts, {len(ds.classes)} classes {counts}")
+        for fname, path in ds.files.items():
+            print(f"  {fname}: {path}")
+
+
+COMMANDS = {"sweep": sweep, "report": report, "data": data}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            _fail(f"unknown command {argv[0]!r}; use one of {', '.join(COMMANDS)}")
+        sys.exit(0 if argv else EXIT_USAGE)
+    command, rest = argv[0], argv[1:]
+    if command == "sweep":
+        sweep(rest)
+    else:
+        guarded(lambda: COMMANDS[command](rest))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Composing and checking configs: Hydra composes, this module rejects bad values up front.
+
+Hydra already refuses unknown groups, unknown options and typos in keys (the config is in struct
+mode). :func:`check` rejects bad *values* before any data is read or file written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from bench.cache import stable_hash
+from bench.errors import BenchError
+from bench.models.textcnn import TextCNN
+from bench.strategies import Strategy
+
+# Keys that pick *which* cells run or *where* they run; they never change a cell's result, so a
+# study may be extended or re-run with other values and still append to the same records.
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer", "paths", "progress")
+
+
+def config_dir() -> Path:
+    """``conf/`` beside the package (editable install or source checkout), or $TRANSFER_BENCH_CONF."""
+    env = os.environ.get("TRANSFER_BENCH_CONF")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    if not (path / "config.yaml").is_file():
+        raise BenchError(f"config folder not found at {path}; set TRANSFER_BENCH_CONF")
+    return path
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed config for ``overrides`` (Hydra override grammar), without running anything."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def strategies(cfg: DictConfig) -> list[Strategy]:
+    blocks = TextCNN.blocks
+    selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
+    if not selected:
+        raise BenchError("no strategy selected; e.g. strategy=[scratch,full]")
+    return [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
+
+
+def sizes(cfg: DictConfig) -> list[int | str]:
+    out: list[int | str] = []
+    for s in cfg.data.sizes:
+        if s == "all":
+            out.append("all")
+        elif isinstance(s, int) and not isinstance(s, bool) and s > 0:
+            out.append(s)
+        else:
+            raise BenchError(f"data.sizes contains {s!r}; sizes are positive integers or 'all'")
+    if not out:
+        raise BenchError("data.sizes is empty; e.g. data.sizes=[50,200]")
+    return out
+
+
+def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if not ok or (kind is int and not isinstance(value, int)):
+        raise BenchError(f"{key}={value!r}; it must be a positive {kind.__name__}")
+
+
+def check(cfg: DictConfig) -> None:
+    """Raise :class:`BenchError` for the first bad value; touches no file."""
+    if OmegaConf.is_missing(cfg, "study"):
+        raise BenchError("no study name; pick an experiment (experiment=movie_to_amazon) or set study=NAME")
+    for prefix, node in (("data.source", cfg.data.source), ("data.target", cfg.data.target),
+                         ("embeddings", cfg.embeddings)):
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                raise BenchError(f"{prefix}.{key} is required here (e.g. {prefix}.{key}=...)")
+    for key in ("train.lr", "source.lr"):
+        _positive(cfg, key)
+    for key in ("train.batch_size", "train.max_epochs", "train.patience", "source.batch_size",
+                "source.max_epochs", "source.patience", "model.embedding_dim", "model.maps"):
+        _positive(cfg, key, int)
+    for key in ("train.weight_decay", "source.weight_decay"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise BenchError(f"{key}={value!r}; it must be a number >= 0")
+    if not 0 <= cfg.model.dropout < 1:
+        raise BenchError(f"model.dropout={cfg.model.dropout!r}; it must be in [0, 1)")
+    if not cfg.seeds or not all(isinstance(s, int) and s >= 0 for s in cfg.seeds):
+        raise BenchError(f"seeds={list(cfg.seeds)!r}; give a list of integers >= 0 (0 is a seed)")
+    sizes(cfg)
+    strategies(cfg)
+
+
+def study_identity(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that determines a cell's result, minus the grid (see :data:`GRID_KEYS`)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    for key in GRID_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = plain
+        for part in filter(None, parent.split(".")):
+            node = node[part]
+        node.pop(leaf, None)
+    return plain
+
+
+def study_hash(cfg: DictConfig) -> str:
+    return stable_hash(study_identity(cfg))

@@ -1,0 +1,1 @@
+"""Data: where datasets come from (sources), how they arrive (fetch), text -> tensors, splits."""

@@ -1,0 +1,41 @@
+"""A task: a dataset tensorised over the shared vocabulary, with its fixed splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bench.data.sources import LabelledTexts
+from bench.data.splits import Splits, fixed_splits
+from bench.data.text import Vocab, cached_tensorize
+from bench.lit import loader
+
+
+@dataclass
+class Task:
+    data: LabelledTexts
+    ids: torch.Tensor     # [N, max_len] token ids, 0-padded
+    labels: torch.Tensor  # [N]
+    splits: Splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+    def loader(self, index: np.ndarray, batch_size: int, shuffle: bool = False,
+               seed: int = 0) -> DataLoader:
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed)
+
+
+def make_task(data: LabelledTexts, cfg: Mapping[str, Any], vocab: Vocab, split_seed: int,
+              cache: Path) -> Task:
+    ids = cached_tensorize(data.texts, vocab, int(cfg["max_len"]), cache, data.name)
+    splits = fixed_splits(data.labels, cfg["test_size"], cfg["val_size"], split_seed,
+                          data.split, data.name)
+    return Task(data, ids, torch.from_numpy(data.labels), splits)

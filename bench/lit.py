@@ -1,0 +1,128 @@
+"""Lightning glue: batches cut from cached tensors, the classifier module, and one fit + test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from bench.strategies import param_groups
+
+
+def quiet_lightning() -> None:
+    """No banners, tips or worker-count advice: the study prints one progress display."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Deterministic cuBLAS needs this set before the first CUDA call.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _trim(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the padded id matrix to the longest text in this batch (dynamic padding)."""
+    ids, labels = batch
+    width = max(int((ids != 0).sum(dim=1).max()), 5)
+    return ids[:, :width], labels
+
+
+def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
+           seed: int = 0) -> DataLoader:
+    """Whole batches are indexed out of the tensors at once: no per-example Python work."""
+    dataset = TensorDataset(ids, labels)
+    base = (RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle
+            else SequentialSampler(dataset))
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(base, batch_size, False),
+                      collate_fn=_trim)
+
+
+class TextClassifier(L.LightningModule):
+    """Cross-entropy training with Adam; per-epoch validation accuracy and macro-F1."""
+
+    def __init__(self, model: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.0,
+                 lr_mult: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.lr_mult = dict(lr_mult or {})
+        for split in ("val", "test"):
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes, average="micro"))
+            setattr(self, f"{split}_f1", MulticlassF1Score(num_classes, average="macro"))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        ids, y = batch
+        loss = F.cross_entropy(self.model(ids), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _evaluate(self, batch: Any, split: str) -> None:
+        ids, y = batch
+        logits = self.model(ids)
+        self.log(f"{split}_loss", F.cross_entropy(logits, y), batch_size=len(y))
+        for metric in ("acc", "f1"):
+            m = getattr(self, f"{split}_{metric}")
+            m.update(logits, y)
+            self.log(f"{split}_{metric}", m, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = param_groups(self.model, self.model.blocks, self.lr, self.lr_mult)
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]  # val_acc, val_f1 (best checkpoint), test_acc, test_f1
+    epochs: int
+    best_epoch: int
+    seconds: float
+    state_dict: dict[str, torch.Tensor]
+
+
+def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader, test: DataLoader | None,
+                 trainer_cfg: Mapping[str, Any], max_epochs: int, patience: int,
+                 callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train with early stopping on validation accuracy; evaluate the best checkpoint."""
+    quiet_lightning()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="transfer-bench-ckpt-") as workdir:
+        best = ModelCheckpoint(dirpath=workdir, monitor="val_acc", mode="max", save_top_k=1,
+                               save_weights_only=True, filename="best")
+        stop = EarlyStopping(monitor="val_acc", mode="max", patience=patience)
+        trainer = L.Trainer(max_epochs=max_epochs, callbacks=[*callbacks, stop, best], logger=False,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
+        trainer.fit(module, train, val)
+        epochs = trainer.current_epoch
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        metrics = {k: float(v) for k, v in
+                   trainer.validate(module, val, verbose=False)[0].items() if k != "val_loss"}
+        if test is not None:
+            metrics.update({k: float(v) for k, v in
+                            trainer.test(module, test, verbose=False)[0].items() if k != "test_loss"})
+    # Epochs run minus those spent waiting for an improvement that never came.
+    best_epoch = max(epochs - stop.wait_count, 1)
+    return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
+                     {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})

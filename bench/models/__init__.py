@@ -1,0 +1,1 @@
+"""Networks that expose ordered, named blocks (bottom to top) for strategies to act on."""

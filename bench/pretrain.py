@@ -1,0 +1,57 @@
+"""Source pretraining: train once per (source data, vocabulary, vectors, model, settings, seed).
+
+The trained weights and their validation/test scores are cached under a hash of exactly those
+inputs, so every cell of every study that shares them reuses one source model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+
+from bench.cache import cached, stable_hash
+from bench.data.task import Task
+from bench.lit import TextClassifier, fit_and_test
+
+
+@dataclass
+class SourceModel:
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    key: str
+    train_seconds: float  # what training cost when it ran
+    from_cache: bool
+
+
+def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: torch.Tensor | None,
+                    key_parts: Mapping[str, Any], settings: Mapping[str, Any],
+                    trainer_cfg: Mapping[str, Any], cache: Path) -> SourceModel:
+    """Return the cached source model for these inputs, training it first if needed."""
+    key = stable_hash({**key_parts, "settings": dict(settings)})
+    built = False
+
+    def build() -> dict[str, Any]:
+        nonlocal built
+        built = True
+        L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
+        model = make_model()
+        if vectors is not None:
+            with torch.no_grad():
+                model.embedding.weight.copy_(vectors)
+        module = TextClassifier(model, task.num_classes, float(settings["lr"]),
+                                float(settings["weight_decay"]))
+        bs = int(settings["batch_size"])
+        result = fit_and_test(module, task.loader(task.splits.pool, bs, True, int(settings["seed"])),
+                              task.loader(task.splits.val, 500), task.loader(task.splits.test, 500),
+                              trainer_cfg, int(settings["max_epochs"]), int(settings["patience"]))
+        return {"state_dict": result.state_dict, "metrics": result.metrics,
+                "seconds": result.seconds, "epochs": result.epochs}
+
+    blob = cached(cache / "source_models" / f"{key}.pt", build, lambda b, p: torch.save(b, p),
+                  lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    return SourceModel(blob["state_dict"], blob["metrics"], key, float(blob["seconds"]), not built)

@@ -1,0 +1,97 @@
+"""Records: one JSON line per (strategy, size, seed) cell, appended atomically; tables from them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+RECORDS = "records.jsonl"
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    return (record["strategy"], str(record["size"]), int(record["seed"]))
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one line under an exclusive lock, in one ``write`` call, then fsync.
+
+    Concurrent writers (parallel cells, several studies) never interleave; a process killed
+    mid-write can leave at most a torn last line, which :func:`load_records` drops.
+    """
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # A torn line left by a killed writer must not swallow this record.
+        if os.fstat(fd).st_size and _last_byte(path) != b"\n":
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """All complete records; torn or blank lines are skipped, duplicates keep the first."""
+    if not path.exists():
+        return []
+    out, seen = [], set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            key = record_key(record)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+    return out
+
+
+def _size_order(size: str) -> tuple[int, int]:
+    return (1, 0) if size == "all" else (0, int(size))
+
+
+def to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    rows = [{"strategy": r["strategy"], "size": str(r["size"]), "n_train": r["n_train"],
+             "seed": r["seed"], **r["metrics"]} for r in records]
+    return pd.DataFrame(rows)
+
+
+def summary_table(records: list[dict[str, Any]], metric: str = "test_acc",
+                  strategy_order: list[str] | None = None) -> pd.DataFrame:
+    """Strategies x sizes, each cell ``mean ± std (n seeds)`` of ``metric``."""
+    frame = to_frame(records)
+    if frame.empty:
+        return pd.DataFrame()
+    stats = frame.groupby(["strategy", "size"])[metric].agg(["mean", "std", "count"])
+    cells = stats.apply(lambda r: f"{r['mean']:.3f} ± {0.0 if pd.isna(r['std']) else r['std']:.3f}"
+                                  f" ({int(r['count'])})", axis=1).unstack("size")
+    sizes = sorted(cells.columns, key=_size_order)
+    order = [s for s in (strategy_order or []) if s in cells.index]
+    order += sorted(s for s in cells.index if s not in order)
+    table = cells.loc[order, sizes].fillna("")
+    table.columns = [f"n={s}" for s in sizes]
+    table.index.name = "strategy"
+    return table
+
+
+def markdown_table(records: list[dict[str, Any]], metric: str = "test_acc",
+                   strategy_order: list[str] | None = None) -> str:
+    table = summary_table(records, metric, strategy_order)
+    if table.empty:
+        return "(no records)"
+    return table.to_markdown()
