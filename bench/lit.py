@@ -102,7 +102,7 @@ class FitResult:
 
 def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader, test: DataLoader | None,
                  trainer_cfg: Mapping[str, Any], max_epochs: int, patience: int,
-                 callbacks: Sequence[Callback] = ()) -> FitResult:
+                 min_epochs: int = 1, callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train with early stopping on validation accuracy; evaluate the best checkpoint."""
     quiet_lightning()
     start = time.perf_counter()
@@ -110,7 +110,7 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader, tes
         best = ModelCheckpoint(dirpath=workdir, monitor="val_acc", mode="max", save_top_k=1,
                                save_weights_only=True, filename="best")
         stop = EarlyStopping(monitor="val_acc", mode="max", patience=patience)
-        trainer = L.Trainer(max_epochs=max_epochs, callbacks=[*callbacks, stop, best], logger=False,
+        trainer = L.Trainer(max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=[*callbacks, stop, best], logger=False,
                             enable_progress_bar=False, enable_model_summary=False,
                             num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
         trainer.fit(module, train, val)

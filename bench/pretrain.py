@@ -48,7 +48,8 @@ def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: to
         bs = int(settings["batch_size"])
         result = fit_and_test(module, task.loader(task.splits.pool, bs, True, int(settings["seed"])),
                               task.loader(task.splits.val, 500), task.loader(task.splits.test, 500),
-                              trainer_cfg, int(settings["max_epochs"]), int(settings["patience"]))
+                              trainer_cfg, int(settings["max_epochs"]), int(settings["patience"]),
+                              int(settings["min_epochs"]))
         return {"state_dict": result.state_dict, "metrics": result.metrics,
                 "seconds": result.seconds, "epochs": result.epochs}
 

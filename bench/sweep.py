@@ -136,7 +136,7 @@ def run_cell(prep: Prepared, cfg: DictConfig, strategy: Strategy, size: int | st
     result = fit_and_test(module, target.loader(subset, bs, True, seed),
                           target.loader(target.splits.val, 500), target.loader(target.splits.test, 500),
                           trainer_kwargs(cfg), int(cfg.train.max_epochs), int(cfg.train.patience),
-                          callbacks=[FreezeBlocks(frozen)])
+                          int(cfg.train.min_epochs), callbacks=[FreezeBlocks(frozen)])
     return {
         "study": cfg.study, "strategy": strategy.name, "size": size, "n_train": n, "seed": seed,
         "metrics": {k: round(v, 6) for k, v in result.metrics.items()},

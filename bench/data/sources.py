@@ -145,13 +145,17 @@ def load_table(path: str | Path, text_column: str, label_column: str,
                 rows = list(csv.DictReader(fh))
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
         raise BenchError(f"cannot parse {path}: {exc}") from None
-    columns = set(rows[0]) if rows else set()
+    if not rows:
+        raise BenchError(f"data file has no data rows: {path}")
+    columns = set(rows[0])
     for role, col in (("text", text_column), ("label", label_column), ("split", split_column)):
         if col is not None and col not in columns:
             raise BenchError(f"{path} has no {role} column {col!r} (columns: "
                              f"{', '.join(sorted(columns)) or 'none'}); set data.*.{role}_column")
-    keep = [r for r in rows if str(r.get(text_column) or "").strip()
-            and str(r.get(label_column) or "").strip()]
+    def present(value: Any) -> bool:  # a label 0 is a label; None and blanks are not
+        return value is not None and str(value).strip() != ""
+
+    keep = [r for r in rows if present(r.get(text_column)) and present(r.get(label_column))]
     texts = [str(r[text_column]).strip() for r in keep]
     labels = [str(r[label_column]).strip() for r in keep]
     split = None

@@ -1,0 +1,107 @@
+"""Loading, splitting and tensorising data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data.sources import load_table
+from bench.data.splits import fixed_splits, nested_order, training_subset
+from bench.data.text import Vocab, cached_tensorize, tokenize, tensorize
+from bench.errors import BenchError
+from conftest import write_sentiment_csv
+
+
+def test_tokenize_keeps_words_contractions_and_marks():
+    assert tokenize("It's NOT good -- don't buy!!") == ["it's", "not", "good", "don't", "buy", "!", "!"]
+
+
+def test_vocab_is_ordered_by_frequency_then_alphabet_with_pad_and_unk_first():
+    vocab = Vocab.build([["b a b", "c b a"], ["d"]])
+    assert vocab.words == ("<pad>", "<unk>", "b", "a", "c", "d")
+    assert vocab.digest == Vocab.build([["b a b", "c b a"], ["d"]]).digest
+
+
+def test_tensorize_pads_caps_and_maps_unknowns(tmp_path):
+    vocab = Vocab.build([["a b c"]])
+    ids = tensorize(["a b c d", "c", ""], vocab, max_len=3)
+    assert ids.tolist() == [[2, 3, 4, 0, 0], [4, 0, 0, 0, 0], [0, 0, 0, 0, 0]]  # min width 5
+    assert tensorize(["a " * 10], vocab, max_len=7).shape == (1, 7)
+    assert tensorize(["d e"], vocab, max_len=7)[0, :2].tolist() == [1, 1]
+
+
+def test_tensor_cache_is_reused_and_a_corrupt_file_rebuilt(tmp_path):
+    vocab = Vocab.build([["a b c"]])
+    first = cached_tensorize(["a b", "c"], vocab, 8, tmp_path, "t")
+    (path,) = (tmp_path / "tensors").glob("t-*.pt")
+    assert torch.equal(cached_tensorize(["a b", "c"], vocab, 8, tmp_path, "t"), first)
+    path.write_bytes(b"garbage, not a tensor")
+    assert torch.equal(cached_tensorize(["a b", "c"], vocab, 8, tmp_path, "t"), first)
+    assert torch.equal(torch.load(path, weights_only=True), first)
+
+
+def _labels(counts):
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def test_fixed_splits_are_stratified_disjoint_and_seed_fixed():
+    labels = _labels([600, 300, 100])
+    s = fixed_splits(labels, 200, 100, seed=0)
+    assert len(s.test) == 200 and len(s.val) == 100 and len(s.pool) == 700
+    assert not set(s.test) & set(s.val) and not set(s.pool) & (set(s.test) | set(s.val))
+    assert np.bincount(labels[s.test]).tolist() == [120, 60, 20]
+    again = fixed_splits(labels, 200, 100, seed=0)
+    assert np.array_equal(s.test, again.test) and np.array_equal(s.val, again.val)
+    assert not np.array_equal(s.test, fixed_splits(labels, 200, 100, seed=1).test)
+
+
+def test_predefined_test_split_is_kept():
+    labels = _labels([50, 50])
+    split = np.array(["train"] * 80 + ["test"] * 20)
+    s = fixed_splits(labels, 0.5, 10, seed=0, predefined=split)
+    assert set(s.test) == set(range(80, 100)) and len(s.val) == 10 and len(s.pool) == 70
+
+
+def test_training_subsets_are_nested_stratified_and_differ_by_seed():
+    labels = _labels([700, 300])
+    pool = np.arange(1000)
+    small, large = (training_subset(labels, pool, n, seed=3) for n in (50, 200))
+    assert set(small) <= set(large)
+    assert abs(np.bincount(labels[small])[1] - 15) <= 1
+    assert abs(np.bincount(labels[large])[1] - 60) <= 1
+    assert set(training_subset(labels, pool, 50, seed=4)) != set(small)
+    assert sorted(nested_order(labels, pool, 3)) == list(pool)
+    with pytest.raises(BenchError, match="larger than the training pool"):
+        training_subset(labels, pool, 1001, seed=0)
+
+
+def test_csv_and_jsonl_loaders(tmp_path):
+    csv_path = write_sentiment_csv(tmp_path / "d.csv", 30, seed=0,
+                                   part=lambda i: "test" if i < 6 else "train")
+    data = load_table(csv_path, "text", "label", "part")
+    assert len(data) == 30 and data.classes == ["neg", "pos"]
+    assert (data.split == "test").sum() == 6
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"t": f"text {i}", "y": i % 3}) for i in range(9)))
+    data = load_table(jsonl, "t", "y")
+    assert data.classes == ["0", "1", "2"] and data.labels.tolist()[:3] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("text,label\na,x\nb,y\n", ("body", "label"), "no text column 'body'"),
+    ("text,label\na,x\nb,y\n", ("text", "y"), "no label column 'y'"),
+    ("", ("text", "label"), "data file is empty"),
+    ("text,label\n", ("text", "label"), "no data rows"),
+    ("text,label\n ,x\n", ("text", "label"), "dataset 'd' is empty"),
+    ("text,label\na,x\nb,x\n", ("text", "label"), "single class"),
+    ("text,label,s\na,x,train\nb,y,test\n", ("text", "label", "s"), "only in the test split"),
+    ("text,label,s\na,x,train\nb,y,dev\n", ("text", "label", "s"), "allowed: train, val, test"),
+])
+def test_bad_tables_are_named(tmp_path, content, args, message):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(BenchError, match=message):
+        load_table(path, *args)

@@ -1,0 +1,81 @@
+"""The whole pipeline from the real CLI on small generated data: records, table, resume, seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_cli, small_study_overrides
+
+from bench.results import load_records
+
+
+def _metrics(path: Path) -> dict:
+    return {(r["strategy"], r["size"], r["seed"]): r["metrics"] for r in load_records(path)}
+
+
+def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_data, cache):
+    results = tmp_path / "results"
+    args = small_study_overrides(small_data, results, cache)
+    first = run_cli("sweep", *args)
+    assert first.returncode == 0, first.stderr
+    records_path = results / "small" / "records.jsonl"
+    records = load_records(records_path)
+    # 4 strategies x 2 sizes x 2 seeds, one record each
+    assert len(records) == 16
+    assert {(r["strategy"], r["size"], r["seed"]) for r in records} == {
+        (s, n, seed) for s in ("scratch", "frozen", "partial", "full") for n in (20, 100)
+        for seed in (0, 1)}
+    for r in records:
+        assert set(r["metrics"]) == {"val_acc", "val_f1", "test_acc", "test_f1"}
+        assert 0.0 <= r["metrics"]["test_acc"] <= 1.0
+        assert r["n_train"] == r["size"]
+    # scratch transfers nothing; the others name the cached source model and the vectors
+    assert all(r["source"] is None and r["vectors"] is None for r in records
+               if r["strategy"] == "scratch")
+    assert len({r["source"]["key"] for r in records if r["strategy"] != "scratch"}) == 1
+    # the printed table and the written one agree and hold every strategy
+    table = (results / "small" / "table.md").read_text()
+    for name in ("scratch", "frozen", "partial", "full"):
+        assert name in first.stdout and name in table
+    assert "n=20" in table and "n=100" in table
+    # the source model is trained once, then served from the cache
+    assert "trained in" in first.stderr
+    lines_before = records_path.read_text()
+
+    again = run_cli("sweep", *args)
+    assert again.returncode == 0, again.stderr
+    assert "16 already recorded" in again.stderr
+    assert "from cache" in again.stderr
+    assert records_path.read_text() == lines_before
+
+    # extending the grid appends only the new cells
+    more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
+    assert more.returncode == 0, more.stderr
+    assert len(load_records(records_path)) == 17
+
+
+def test_same_seed_gives_identical_metrics_and_seeds_differ(tmp_path, small_data, cache):
+    runs = []
+    for name in ("a", "b"):
+        args = small_study_overrides(small_data, tmp_path / name, cache)
+        proc = run_cli("sweep", *args, "strategy=[scratch,full]", "data.sizes=[100]")
+        assert proc.returncode == 0, proc.stderr
+        runs.append(_metrics(tmp_path / name / "small" / "records.jsonl"))
+    assert runs[0] == runs[1]
+    full = runs[0]
+    assert full[("full", 100, 0)] != full[("full", 100, 1)]  # seed 0 is a seed, and seeds matter
+
+
+def test_changing_a_result_setting_refuses_to_mix_into_the_old_study(tmp_path, small_data, cache):
+    args = small_study_overrides(small_data, tmp_path, cache)
+    ok = run_cli("sweep", *args, "strategy=[scratch]", "data.sizes=[20]", "seeds=[0]")
+    assert ok.returncode == 0, ok.stderr
+    before = (tmp_path / "small" / "records.jsonl").read_text()
+    clash = run_cli("sweep", *args, "strategy=[scratch]", "data.sizes=[20]", "seeds=[0]",
+                    "train.lr=0.01")
+    assert clash.returncode == 2
+    assert "different configuration" in clash.stderr
+    assert (tmp_path / "small" / "records.jsonl").read_text() == before
+    info = json.loads((tmp_path / "small" / "study.json").read_text())
+    assert info["config"]["train"]["lr"] == 0.001
