@@ -42,7 +42,11 @@ def _one_line(exc: BaseException) -> str:
     """Hydra/OmegaConf messages span lines with internals; keep what names the problem."""
     skip = ("full_key", "object_type", "reference_type", "Set the environment", "value:")
     lines = [ln.strip() for ln in str(exc).splitlines()]
-    return " ".join(ln for ln in lines if ln and not ln.startswith(skip))
+    if exc.__cause__ is not None:  # e.g. "Key 'sizez' is not in struct" for a typo
+        lines += [ln.strip() for ln in str(exc.__cause__).splitlines()[:1]]
+    text = " ".join(ln for ln in lines if ln and not ln.startswith(skip))
+    return text + " (`transfer-bench sweep --cfg job` shows the valid keys)" \
+        if "not in struct" in text else text
 
 
 def hydra_overrides(argv: Sequence[str]) -> list[str]:
@@ -65,8 +69,14 @@ def validate_overrides(overrides: Sequence[str]) -> None:
 
     from bench.config import check, compose_config
 
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except Exception as exc:  # noqa: BLE001 - OverrideParseException and friends
+            raise BenchError(f"cannot parse the override {override!r}: {_one_line(exc)}") from None
     try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
         batches = BasicSweeper.split_arguments(parsed, None)
         for batch in batches:
             for combo in batch:

@@ -53,7 +53,9 @@ class Prepared:
     make_model: Callable[[], torch.nn.Module]
 
 
-def prepare(cfg: DictConfig, strategies: list[Strategy], console: Console | None = None) -> Prepared:
+def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
+            console: Console | None = None) -> Prepared:
+    """Load data, vectors and the source model once; every size is checked before any training."""
     cache = cache_root(cfg.paths.cache)
     source_data = load_dataset(OmegaConf.to_container(cfg.data.source, resolve=True), cache)
     target_data = load_dataset(OmegaConf.to_container(cfg.data.target, resolve=True), cache)
@@ -63,6 +65,8 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], console: Console | None
     seed = int(cfg.data.split_seed)
     source = make_task(source_data, cfg.data.source, vocab, seed, cache)
     target = make_task(target_data, cfg.data.target, vocab, seed, cache)
+    for size in sizes:
+        resolve_size(size, target)
 
     def make_model() -> torch.nn.Module:
         return instantiate(cfg.model, vocab_size=len(vocab), num_classes=target.num_classes,
@@ -88,8 +92,8 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], console: Console | None
     source_model = None
     if "network" in transfers:
         if console:
-            console.print(f"source model: {source_data.name} ({len(source.splits.pool)} training "
-                          f"texts), cached after the first run")
+            console.print(f"source model on {source_data.name} ({len(source.splits.pool)} "
+                          "training texts): trained once, then cached")
 
         def make_source_model() -> torch.nn.Module:
             return instantiate(cfg.model, vocab_size=len(vocab), num_classes=source.num_classes,
@@ -193,9 +197,7 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
     sizes = config_mod.sizes(cfg)
     out = Path(cfg.paths.results) / str(cfg.study)
     _claim_study_dir(out, cfg)
-    prep = prepare(cfg, strategies, console)
-    for size in sizes:
-        resolve_size(size, prep.target)
+    prep = prepare(cfg, strategies, sizes, console)
     _writable_dir(out)
     if not (out / STUDY_FILE).exists():
         info = {"study": cfg.study, "study_hash": config_mod.study_hash(cfg),

@@ -1,0 +1,97 @@
+"""The CLI as a user meets it: composed config, Hydra overrides, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.config import compose_config, study_hash
+from conftest import REPO, run_cli, small_study_overrides, write_sentiment_csv
+
+
+def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
+    proc = run_cli("sweep", "--cfg", "job", "strategy=frozen", "data.sizes=[50,100]",
+                   "trainer=cpu", "embeddings=word2vec", f"paths.results={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "study: movie_to_amazon" in out and "accelerator: cpu" in out
+    assert "frozen:" in out and "full:" not in out and "kind: word2vec" in out
+    assert "- 50\n  - 100" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("experiment, target", [("movie_to_amazon", "amazon_reviews"),
+                                                ("newsgroups_to_reuters", "reuters_r8")])
+def test_experiments_compose(experiment, target):
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.study == experiment and cfg.data.target.name == target
+    assert list(cfg.strategy) == ["scratch", "frozen", "partial", "full"]
+
+
+def test_grid_settings_do_not_change_the_study_identity():
+    base = study_hash(compose_config([]))
+    assert study_hash(compose_config(["strategy=[full]", "data.sizes=[50]", "seeds=[3]",
+                                      "trainer=cpu"])) == base
+    assert study_hash(compose_config(["train.lr=0.01"])) != base
+
+
+def _bad_vectors(tmp: Path) -> list[str]:
+    path = tmp / "vectors.txt"
+    path.write_text("this is a readme, not vectors\nsecond line\n")
+    return ["embeddings=file", f"embeddings.path={path}"]
+
+
+def _one_class(tmp: Path) -> list[str]:
+    path = tmp / "one.csv"
+    path.write_text("text,label\n" + "".join(f"text number {i},same\n" for i in range(50)))
+    return [f"data.target.path={path}"]
+
+
+BAD_INPUTS = {
+    "unknown strategy": (lambda t: ["strategy=[scratch,magic]"], "strategy/magic"),
+    "unknown experiment": (lambda t: ["experiment=nope"], "experiment/nope"),
+    "typo in a key": (lambda t: ["data.sizez=[50]"], "Key 'sizez' is not in struct"),
+    "negative size": (lambda t: ["data.sizes=[-5]"], "data.sizes contains -5"),
+    "size over the pool": (lambda t: ["data.sizes=[50,5000]"], "larger than the training pool"),
+    "non-numeric lr": (lambda t: ["train.lr=fast"], "train.lr='fast'"),
+    "missing CSV column": (lambda t: ["data.target.label_column=sentiment"],
+                           "no label column 'sentiment'"),
+    "vectors file that is not one": (_bad_vectors, "is not a vectors file"),
+    "dimension mismatch": (lambda t: ["model.embedding_dim=32"], "dimension 16 but model.embedding_dim=32"),
+    "single-class dataset": (_one_class, "single class"),
+    "broken override syntax": (lambda t: ["data.sizes=[50"], "data.sizes=[50"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, small_data, cache):
+    make_extra, message = BAD_INPUTS[case]
+    extra = make_extra(tmp_path)
+    results = tmp_path / "results"
+    base = small_study_overrides(small_data, results, cache)
+    if "embeddings=file" in extra:  # the word2vec keys do not exist in the file group
+        base = [a for a in base if not a.startswith("embeddings")]
+    proc = run_cli("sweep", *base, *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not results.exists()
+
+
+def test_report_reads_records_without_hydra(tmp_path, small_data, cache):
+    args = small_study_overrides(small_data, tmp_path, cache)
+    assert run_cli("sweep", *args, "strategy=[scratch]", "data.sizes=[20]").returncode == 0
+    proc = run_cli("report", str(tmp_path / "small"), "--metric", "test_f1")
+    assert proc.returncode == 0, proc.stderr
+    assert "small: test_f1" in proc.stdout and "| scratch" in proc.stdout and "(2)" in proc.stdout
+    empty = run_cli("report", str(tmp_path / "nothing"))
+    assert empty.returncode == 2 and "has no records" in empty.stderr
+
+
+def test_unknown_command_and_data_list():
+    assert run_cli("frobnicate").returncode == 2
+    proc = run_cli("data", "list")
+    assert proc.returncode == 0 and "movie_reviews" in proc.stdout and "reuters_r8" in proc.stdout
