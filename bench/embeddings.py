@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -118,8 +118,12 @@ def _sniff_text_format(path: Path) -> str:
                      "'<count> <dim>' header nor '<word> <numbers...>'")
 
 
-def load_vectors(cfg: Mapping[str, Any], cache: Path, corpora: Mapping[str, Sequence[str]]) -> Vectors:
-    """Vectors from a ``conf/embeddings/*.yaml`` node. ``corpora`` maps corpus names to texts."""
+def load_vectors(cfg: Mapping[str, Any], cache: Path,
+                 corpora: Mapping[str, Callable[[], Sequence[str]]]) -> Vectors:
+    """Vectors from a ``conf/embeddings/*.yaml`` node.
+
+    ``corpora`` maps corpus names to functions returning texts (so only the one used is loaded).
+    """
     kind = cfg["kind"]
     if kind == "glove_package":
         return load_glove_package(cache)
@@ -128,7 +132,7 @@ def load_vectors(cfg: Mapping[str, Any], cache: Path, corpora: Mapping[str, Sequ
     if kind == "word2vec":
         corpus = str(cfg["corpus"])
         if corpus in corpora:
-            texts = corpora[corpus]
+            texts = corpora[corpus]()
         elif Path(corpus).expanduser().is_file():
             texts = Path(corpus).expanduser().read_text(encoding="utf-8", errors="replace").splitlines()
         else:

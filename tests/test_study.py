@@ -59,7 +59,8 @@ def test_same_seed_gives_identical_metrics_and_seeds_differ(tmp_path, small_data
     runs = []
     for name in ("a", "b"):
         args = small_study_overrides(small_data, tmp_path / name, cache)
-        proc = run_cli("sweep", *args, "strategy=[scratch,full]", "data.sizes=[100]")
+        proc = run_cli("sweep", *args, "strategy=[scratch,full]", "data.sizes=[100]",
+                       "embeddings.corpus=source")  # word2vec trained on the source texts
         assert proc.returncode == 0, proc.stderr
         runs.append(_metrics(tmp_path / name / "small" / "records.jsonl"))
     assert runs[0] == runs[1]
