@@ -62,8 +62,10 @@ def hydra_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def validate_overrides(overrides: Sequence[str]) -> None:
-    """Compose and check every combination a (multi)run would launch, before any job starts."""
+def validate_overrides(overrides: Sequence[str]) -> list:
+    """Compose and check every combination a (multi)run would launch, before any job starts.
+
+    Returns the composed configs."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -77,10 +79,12 @@ def validate_overrides(overrides: Sequence[str]) -> None:
         except Exception as exc:  # noqa: BLE001 - OverrideParseException and friends
             raise BenchError(f"cannot parse the override {override!r}: {_one_line(exc)}") from None
     try:
-        batches = BasicSweeper.split_arguments(parsed, None)
-        for batch in batches:
+        configs = []
+        for batch in BasicSweeper.split_arguments(parsed, None):
             for combo in batch:
-                check(compose_config(combo))
+                configs.append(compose_config(combo))
+                check(configs[-1])
+        return configs
     except BenchError:
         raise
     except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf raise many types for bad overrides

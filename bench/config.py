@@ -20,7 +20,8 @@ from bench.strategies import Strategy
 
 # Keys that pick *which* cells run or *where* they run; they never change a cell's result, so a
 # study may be extended or re-run with other values and still append to the same records.
-GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer", "paths", "progress")
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer", "paths", "progress", "hpo.storage",
+             "hpo.worker_id", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
 
 
 def config_dir() -> Path:
@@ -92,6 +93,26 @@ def check(cfg: DictConfig) -> None:
         raise BenchError(f"seeds={list(cfg.seeds)!r}; give a list of integers >= 0 (0 is a seed)")
     sizes(cfg)
     strategies(cfg)
+    check_hpo(cfg)
+
+
+def check_hpo(cfg: DictConfig) -> None:
+    from bench.tune import check_space, make_pruner
+
+    hpo = cfg.hpo
+    n = hpo.n_trials
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise BenchError(f"hpo.n_trials={n!r}; it must be an integer >= 0 (0 = no tuning)")
+    if hpo.mode not in ("grid", "pareto"):
+        raise BenchError(f"hpo.mode={hpo.mode!r}; use grid or pareto")
+    if n == 0 and hpo.mode == "grid":
+        return
+    check_space(OmegaConf.to_container(hpo.space, resolve=True), "hpo.space")
+    if cfg.baseline.name != "none":
+        check_space(OmegaConf.to_container(cfg.baseline.space, resolve=True), "baseline.space")
+    make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True))
+    if hpo.timeout is not None and not (isinstance(hpo.timeout, (int, float)) and hpo.timeout > 0):
+        raise BenchError(f"hpo.timeout={hpo.timeout!r}; give seconds > 0 or null")
 
 
 def study_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -115,13 +115,15 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader, tes
                             num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
         trainer.fit(module, train, val)
         epochs = trainer.current_epoch
+        if test is None:  # a tuning trial: the best validation accuracy is all it needs
+            return FitResult({"val_acc": float(best.best_model_score)}, epochs,
+                             max(epochs - stop.wait_count, 1), time.perf_counter() - start, {})
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         metrics = {k: float(v) for k, v in
                    trainer.validate(module, val, verbose=False)[0].items() if k != "val_loss"}
-        if test is not None:
-            metrics.update({k: float(v) for k, v in
-                            trainer.test(module, test, verbose=False)[0].items() if k != "test_loss"})
+        metrics.update({k: float(v) for k, v in
+                        trainer.test(module, test, verbose=False)[0].items() if k != "test_loss"})
     # Epochs run minus those spent waiting for an improvement that never came.
     best_epoch = max(epochs - stop.wait_count, 1)
     return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,

@@ -17,22 +17,26 @@ def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
     return (record["strategy"], str(record["size"]), int(record["seed"]))
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
+def append_record(path: Path, record: dict[str, Any]) -> bool:
     """Append one line under an exclusive lock, in one ``write`` call, then fsync.
 
-    Concurrent writers (parallel cells, several studies) never interleave; a process killed
-    mid-write can leave at most a torn last line, which :func:`load_records` drops.
+    Concurrent writers (parallel cells, several workers) never interleave; a process killed
+    mid-write can leave at most a torn last line, which :func:`load_records` drops. A record
+    whose (strategy, size, seed) is already there is not written again: returns False.
     """
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if record_key(record) in {record_key(r) for r in load_records(path)}:
+            return False
         # A torn line left by a killed writer must not swallow this record.
         if os.fstat(fd).st_size and _last_byte(path) != b"\n":
             line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
+        return True
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -22,7 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+import optuna
+from optuna_integration import PyTorchLightningPruningCallback
+
+from bench import baseline
 from bench import config as config_mod
+from bench import tune as tune_mod
 from bench.cache import atomic_write_text, cache_root
 from bench.data.sources import load_dataset
 from bench.data.splits import training_subset
@@ -31,6 +36,7 @@ from bench.data.text import Vocab
 from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
 from bench.errors import BenchError
 from bench.lit import TextClassifier, fit_and_test, quiet_lightning
+from bench.models.textcnn import TextCNN
 from bench.pretrain import SourceModel, pretrain_source
 from bench.results import RECORDS, append_record, load_records, markdown_table, record_key
 from bench.strategies import FreezeBlocks, Strategy, build_model
@@ -50,7 +56,7 @@ class Prepared:
     matrix: torch.Tensor | None
     coverage: dict[str, float]
     source_model: SourceModel | None
-    make_model: Callable[[], torch.nn.Module]
+    make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
 
 
 def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
@@ -68,8 +74,8 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     for size in sizes:
         resolve_size(size, target)
 
-    def make_model() -> torch.nn.Module:
-        return instantiate(cfg.model, vocab_size=len(vocab), num_classes=target.num_classes,
+    def make_model(model_cfg: Any) -> torch.nn.Module:
+        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=target.num_classes,
                            _convert_="all")
 
     transfers = {s.transfer for s in strategies}
@@ -123,35 +129,129 @@ def resolve_size(size: int | str, target: Task) -> int:
     return int(size)
 
 
-def run_cell(prep: Prepared, cfg: DictConfig, strategy: Strategy, size: int | str,
-             seed: int) -> dict[str, Any]:
-    """Train one strategy on one seeded training subset; evaluate once on test."""
-    target = prep.target
-    n = resolve_size(size, target)
-    subset = training_subset(target.data.labels, target.splits.pool, n, seed)
-    L.seed_everything(seed, workers=True, verbose=False)
-    model = build_model(strategy, prep.make_model, prep.matrix,
-                        prep.source_model.state_dict if prep.source_model else None)
-    module = TextClassifier(model, target.num_classes, float(cfg.train.lr),
-                            float(cfg.train.weight_decay), strategy.lr_mult)
-    blocks = model.blocks
-    frozen = [b for b in blocks if b not in strategy.trainable_blocks(blocks)]
-    bs = int(cfg.train.batch_size)
-    result = fit_and_test(module, target.loader(subset, bs, True, seed),
-                          target.loader(target.splits.val, 500), target.loader(target.splits.test, 500),
-                          trainer_kwargs(cfg), int(cfg.train.max_epochs), int(cfg.train.patience),
-                          int(cfg.train.min_epochs), callbacks=[FreezeBlocks(frozen)])
+def with_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with tuned values set at their config paths."""
+    cell = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for path, value in params.items():
+        OmegaConf.update(cell, path, value, merge=False)
+    return cell
+
+
+@dataclass
+class Fit:
+    metrics: dict[str, float]
+    epochs: int | None
+    best_epoch: int | None
+    seconds: float
+
+
+class NeuralMethod:
+    """A transfer strategy applied to the TextCNN."""
+
+    def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy) -> None:
+        self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
+        self.space = OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}
+        self.prunes = True
+
+    def fit(self, params: dict[str, Any], n: int, seed: int, test: bool,
+            callbacks: list[Any] = ()) -> Fit:
+        prep, strategy = self.prep, self.strategy
+        cell = with_params(self.cfg, params)
+        target = prep.target
+        subset = training_subset(target.data.labels, target.splits.pool, n, seed)
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
+                            prep.source_model.state_dict if prep.source_model else None)
+        module = TextClassifier(model, target.num_classes, float(cell.train.lr),
+                                float(cell.train.weight_decay), strategy.lr_mult)
+        frozen = [b for b in model.blocks if b not in strategy.trainable_blocks(model.blocks)]
+        bs = int(cell.train.batch_size)
+        result = fit_and_test(module, target.loader(subset, bs, True, seed),
+                              target.loader(target.splits.val, 500),
+                              target.loader(target.splits.test, 500) if test else None,
+                              trainer_kwargs(cell), int(cell.train.max_epochs),
+                              int(cell.train.patience), int(cell.train.min_epochs),
+                              callbacks=[FreezeBlocks(frozen), *callbacks])
+        return Fit(result.metrics, result.epochs, result.best_epoch, result.seconds)
+
+    def describe(self) -> dict[str, Any]:
+        prep, blocks = self.prep, TextCNN.blocks
+        return {
+            "strategy_spec": {"transfer": self.strategy.transfer,
+                              "trainable": self.strategy.trainable_blocks(blocks),
+                              "lr_mult": dict(self.strategy.lr_mult)},
+            "source": None if prep.source_model is None or self.strategy.transfer != "network"
+            else {"key": prep.source_model.key, **prep.source_model.metrics},
+            "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {
+                "description": prep.vectors.description, "coverage": prep.coverage},
+        }
+
+
+class BaselineMethod:
+    """TF-IDF + logistic regression on the same subsets (see :mod:`bench.baseline`)."""
+
+    name = baseline.NAME
+    prunes = False
+
+    def __init__(self, prep: Prepared, cfg: DictConfig) -> None:
+        self.prep = prep
+        self.settings = OmegaConf.to_container(cfg.baseline, resolve=True)
+        self.space = self.settings.get("space", {})
+
+    def fit(self, params: dict[str, Any], n: int, seed: int, test: bool,
+            callbacks: list[Any] = ()) -> Fit:
+        target = self.prep.target
+        subset = training_subset(target.data.labels, target.splits.pool, n, seed)
+        metrics, seconds = baseline.fit_and_score(
+            target.data.texts, target.data.labels, subset, target.splits.val,
+            target.splits.test if test else None, float(params.get("C", self.settings["C"])),
+            self.settings, seed)
+        return Fit(metrics, None, None, seconds)
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy_spec": {"baseline": self.settings["name"],
+                                  "ngram_max": self.settings["ngram_max"]},
+                "source": None, "vectors": None}
+
+
+Method = NeuralMethod | BaselineMethod
+
+
+def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
+         study_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tune one cell on the validation split; returns (best params, tuning summary)."""
+    hpo = cfg.hpo
+    name = f"{cfg.study}/{method.name}/n={size}"
+    attrs = {"config_hash": config_mod.study_hash(cfg), "strategy": method.name, "size": str(size),
+             "n_train": n, "target": cfg.data.target.name, "source": cfg.data.source.name,
+             "vectors": cfg.embeddings.kind, "metric": "val_acc"}
+    pruner = tune_mod.make_pruner(OmegaConf.to_container(hpo.pruner) if method.prunes else None)
+    study = tune_mod.open_study(name, storage, int(hpo.seed), pruner, attrs,
+                                worker_id=int(hpo.worker_id))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = tune_mod.suggest(trial, method.space)
+        trial.set_user_attr("params", params)
+        callbacks = [PyTorchLightningPruningCallback(trial, monitor="val_acc")] if method.prunes else []
+        fit = method.fit(params, n, int(hpo.seed), test=False, callbacks=callbacks)
+        if fit.epochs is not None:
+            trial.set_user_attr("epochs", fit.epochs)
+        return fit.metrics["val_acc"]
+
+    tune_mod.run_trials(study, objective, int(hpo.n_trials), hpo.timeout)
+    info = tune_mod.summary(study)
+    if info["best_value"] is None:
+        raise BenchError(f"no trial of {name} finished; see the study in {study_dir}")
+    return info["best_params"], info
+
+
+def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, fit: Fit,
+           params: dict[str, Any], hpo_info: dict[str, Any] | None) -> dict[str, Any]:
     return {
-        "study": cfg.study, "strategy": strategy.name, "size": size, "n_train": n, "seed": seed,
-        "metrics": {k: round(v, 6) for k, v in result.metrics.items()},
-        "epochs": result.epochs, "best_epoch": result.best_epoch,
-        "seconds": round(result.seconds, 3), "lr": float(cfg.train.lr),
-        "strategy_spec": {"transfer": strategy.transfer, "trainable": strategy.trainable_blocks(blocks),
-                          "lr_mult": dict(strategy.lr_mult)},
-        "source": None if prep.source_model is None or strategy.transfer != "network" else {
-            "key": prep.source_model.key, **prep.source_model.metrics},
-        "vectors": None if prep.vectors is None or strategy.transfer == "none" else {
-            "description": prep.vectors.description, "coverage": prep.coverage},
+        "study": cfg.study, "strategy": method.name, "size": size, "n_train": n, "seed": seed,
+        "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
+        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
+        "params": params, "hpo": hpo_info, **method.describe(),
         "device": _device_name(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -213,25 +313,46 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
 
     records_path = out / RECORDS
     done = {record_key(r) for r in load_records(records_path)}
-    cells = [(s, size, seed) for size in sizes for s in strategies for seed in cfg.seeds]
-    todo = [c for c in cells if (c[0].name, str(c[1]), int(c[2])) not in done]
+    methods: list[Method] = [NeuralMethod(prep, cfg, s) for s in strategies]
+    if cfg.baseline.name != "none":
+        methods.append(BaselineMethod(prep, cfg))
+    tuning = int(cfg.hpo.n_trials) > 0
+    storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
+        if tuning or cfg.hpo.mode == "pareto" else None
     if prep.source_model is not None:
         m = prep.source_model.metrics
         state = "from cache" if prep.source_model.from_cache else \
             f"trained in {prep.source_model.train_seconds:.0f} s"
         console.print(f"source model {prep.source_model.key} ({state}): "
                       f"val acc {m['val_acc']:.3f}, test acc {m['test_acc']:.3f}")
-    console.print(f"{cfg.study}: {len(cells)} cells, {len(cells) - len(todo)} already recorded")
+    if cfg.hpo.mode == "pareto":
+        from bench.pareto import run_pareto
+
+        run_pareto(methods, cfg, prep, storage, out, console)
+        return out
+    cells = [(m, size) for size in sizes for m in methods]
+    todo = [(m, size) for m, size in cells
+            if any((m.name, str(size), int(seed)) not in done for seed in cfg.seeds)]
+    console.print(f"{cfg.study}: {len(cells)} cells x {len(cfg.seeds)} seeds, "
+                  f"{len(cells) - len(todo)} cells already complete"
+                  + (f"; tuning {cfg.hpo.n_trials} trials per cell" if tuning else ""))
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=not cfg.progress) as bar:
         task = bar.add_task("cells", total=len(todo))
-        for strategy, size, seed in todo:
-            bar.update(task, description=f"{strategy.name:>8} n={size} seed={seed}")
-            append_record(records_path, run_cell(prep, cfg, strategy, size, seed))
+        for method, size in todo:
+            n = resolve_size(size, prep.target)
+            bar.update(task, description=f"{method.name:>12} n={size}")
+            params, info = tune(method, cfg, size, n, storage, out) if tuning else ({}, None)
+            for seed in cfg.seeds:
+                if (method.name, str(size), int(seed)) in done:
+                    continue
+                bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
+                fit = method.fit(params, n, int(seed), test=True)
+                append_record(records_path, record(cfg, method, size, n, int(seed), fit, params, info))
             bar.advance(task)
     records = load_records(records_path)
-    order = [s.name for s in strategies]
+    order = [m.name for m in methods]
     table = markdown_table(records, "test_acc", order)
     title = (f"# {cfg.study}: test accuracy, mean ± std (seeds)\n\n"
              f"target {prep.target.data.name}, source {prep.source.data.name}\n\n")

@@ -1,0 +1,189 @@
+"""Per-cell tuning with Optuna: seeded TPE, pruning, a shared storage, resume and parallel workers.
+
+Tuning lives inside each cell, where the trial object is; Hydra only composes and launches. One
+Optuna study per (study, strategy, size) cell, named ``<study>/<strategy>/n=<size>``, in one
+storage per results directory (SQLite by default; any SQLAlchemy URL, PostgreSQL included).
+
+Resume and parallel workers rest on Optuna's own machinery: heartbeats mark the trials of a
+killed process as failed and ``RetryHeartbeatStaleTrialCallback`` re-queues them with the same
+parameters. On top, :func:`run_trials` guarantees exactly ``n_trials`` finished trials however
+many workers share a study: a trial whose number comes after ``n_trials`` live ones is surplus
+and is closed at once instead of run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from bench.errors import BenchError
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class SurplusTrial(Exception):
+    """This trial would exceed ``n_trials``: other workers already hold every slot."""
+
+
+def storage_url(hpo: Mapping[str, Any], study_dir: Path) -> str:
+    return hpo.get("storage") or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+
+
+def open_storage(hpo: Mapping[str, Any], study_dir: Path) -> RDBStorage:
+    """The study's storage with heartbeats on.
+
+    Opening it creates the schema the first time. Concurrent first-time creation on SQLite fails,
+    so for a file database the opening is serialised across processes with a lock file: the
+    first worker creates, the others wait and then find it created.
+    """
+    url = storage_url(hpo, study_dir)
+    if not url.startswith("sqlite:///"):
+        return _open_rdb(url, hpo)
+    db = Path(url[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _open_rdb(url, hpo)
+
+
+def _open_rdb(url: str, hpo: Mapping[str, Any]) -> RDBStorage:
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine,
+                          heartbeat_interval=int(hpo.get("heartbeat_interval", 10)),
+                          grace_period=int(hpo.get("grace_period", 30)),
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                              max_retry=int(hpo.get("max_retry", 2))))
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
+        safe = url.split("@")[-1]
+        raise BenchError(f"cannot open the Optuna storage {safe!r} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:150]}); check hpo.storage") from None
+
+
+def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
+    spec = dict(spec or {"name": "none"})
+    name = spec.pop("name", "none")
+    pruners = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+               "hyperband": optuna.pruners.HyperbandPruner,
+               "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
+    if name not in pruners:
+        raise BenchError(f"hpo.pruner.name={name!r}; use one of {', '.join(pruners)}")
+    return pruners[name](**spec) if name != "none" else pruners[name]()
+
+
+def suggest(trial: Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Sample every search-space entry; returns ``{config path: value}``."""
+    params = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            value = trial.suggest_categorical(name, list(spec["choices"]))
+        elif spec.get("type", "float") == "int":
+            value = trial.suggest_int(name, spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            value = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
+                                        log=bool(spec.get("log")))
+        params[spec.get("path", name)] = value
+    return params
+
+
+def check_space(space: Mapping[str, Mapping[str, Any]], where: str = "hpo.space") -> None:
+    for name, spec in space.items():
+        if "choices" in spec:
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise BenchError(f"{where}.{name}: low={low!r}, high={high!r}; both must be numbers")
+        if not low < high or (spec.get("log") and low <= 0):
+            raise BenchError(f"{where}.{name}: need 0 < low < high for a log scale, "
+                             f"low < high otherwise (got {low}, {high})")
+
+
+def open_study(name: str, storage: RDBStorage, seed: int, pruner: optuna.pruners.BasePruner,
+               attrs: Mapping[str, Any], directions: list[str] | None = None,
+               worker_id: int = 0) -> optuna.Study:
+    """Create or load a study. The sampler's seed moves on with the trials already stored, so a
+    resumed (or second) worker does not replay the first worker's random start."""
+    existing = 0
+    try:
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        pass
+    sampler = optuna.samplers.TPESampler(seed=seed + 7919 * worker_id + existing,
+                                         multivariate=True)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                load_if_exists=True,
+                                directions=directions or ["maximize"])
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def run_trials(study: optuna.Study, objective: Callable[[Trial], Any], n_trials: int,
+               timeout: float | None = None, poll: float = 1.0) -> None:
+    """Run trials until ``n_trials`` are finished (complete or pruned), sharing with any workers.
+
+    When every remaining slot is held by another worker's running trial, wait for it: either it
+    finishes, or its heartbeat goes stale, it is failed and re-queued, and someone runs it.
+    """
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+
+    def guarded(trial: Trial) -> Any:
+        before = [t for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < trial.number]
+        if len(before) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"n_trials={n_trials} already taken by other workers")
+        return objective(trial)
+
+    while True:
+        fail_stale_trials(study)  # no-op without heartbeats
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        if finished >= n_trials or (deadline is not None and time.monotonic() > deadline):
+            return
+        if finished + running >= n_trials and not waiting:
+            time.sleep(poll)
+            continue
+        study.optimize(guarded, n_trials=1, catch=(SurplusTrial,), gc_after_trial=False)
+
+
+def summary(study: optuna.Study) -> dict[str, Any]:
+    """Counts, best value and the pruning ledger of a finished single-objective cell study.
+
+    ``epochs_unpruned_estimate`` counts each pruned trial at the median epochs of the completed
+    trials (which ran until early stopping), or at its own epochs if that is larger: an estimate
+    of what the same trials would have cost without pruning.
+    """
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    epochs = lambda t: int(t.user_attrs.get("epochs", len(t.intermediate_values)))  # noqa: E731
+    typical = statistics.median(epochs(t) for t in complete) if complete else 0
+    run = sum(epochs(t) for t in complete + pruned)
+    unpruned = sum(epochs(t) for t in complete) + sum(max(epochs(t), typical) for t in pruned)
+    best: FrozenTrial | None = study.best_trial if complete else None
+    return {
+        "study_name": study.study_name, "n_trials": len(complete) + len(pruned),
+        "n_complete": len(complete), "n_pruned": len(pruned),
+        "n_failed": sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus")
+                        for t in trials),
+        "best_value": None if best is None else best.value,
+        "best_trial": None if best is None else best.number,
+        "best_params": {} if best is None else dict(best.user_attrs.get("params", best.params)),
+        "epochs_run": run, "epochs_unpruned_estimate": unpruned,
+        "seconds": round(sum((t.duration.total_seconds() if t.duration else 0.0)
+                             for t in complete + pruned), 3),
+    }
