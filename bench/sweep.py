@@ -299,6 +299,9 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
     _claim_study_dir(out, cfg)
     prep = prepare(cfg, strategies, sizes, console)
     _writable_dir(out)
+    tuning = int(cfg.hpo.n_trials) > 0
+    storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
+        if tuning or cfg.hpo.mode == "pareto" else None
     if not (out / STUDY_FILE).exists():
         info = {"study": cfg.study, "study_hash": config_mod.study_hash(cfg),
                 "config": config_mod.study_identity(cfg),
@@ -316,9 +319,6 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
     methods: list[Method] = [NeuralMethod(prep, cfg, s) for s in strategies]
     if cfg.baseline.name != "none":
         methods.append(BaselineMethod(prep, cfg))
-    tuning = int(cfg.hpo.n_trials) > 0
-    storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
-        if tuning or cfg.hpo.mode == "pareto" else None
     if prep.source_model is not None:
         m = prep.source_model.metrics
         state = "from cache" if prep.source_model.from_cache else \

@@ -37,11 +37,15 @@ class SurplusTrial(Exception):
     """This trial would exceed ``n_trials``: other workers already hold every slot."""
 
 
-def storage_url(hpo: Mapping[str, Any], study_dir: Path) -> str:
-    return hpo.get("storage") or f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+def storage_url(hpo: Mapping[str, Any], study_dir: Path | None) -> str:
+    if hpo.get("storage"):
+        return str(hpo["storage"])
+    if study_dir is None:
+        raise BenchError("no Optuna storage: set hpo.storage or give a study directory")
+    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
 
 
-def open_storage(hpo: Mapping[str, Any], study_dir: Path) -> RDBStorage:
+def open_storage(hpo: Mapping[str, Any], study_dir: Path | None) -> RDBStorage:
     """The study's storage with heartbeats on.
 
     Opening it creates the schema the first time. Concurrent first-time creation on SQLite fails,
@@ -58,18 +62,26 @@ def open_storage(hpo: Mapping[str, Any], study_dir: Path) -> RDBStorage:
         return _open_rdb(url, hpo)
 
 
-def _open_rdb(url: str, hpo: Mapping[str, Any]) -> RDBStorage:
+def _open_rdb(url: str, hpo: Mapping[str, Any], attempts: int = 3) -> RDBStorage:
+    """Open an RDB storage. A server database has no file to lock, so when several workers
+    create its schema at the same moment the losers fail on a duplicate table: they retry,
+    and then find the schema the winner created."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return RDBStorage(url, engine_kwargs=engine,
-                          heartbeat_interval=int(hpo.get("heartbeat_interval", 10)),
-                          grace_period=int(hpo.get("grace_period", 30)),
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                              max_retry=int(hpo.get("max_retry", 2))))
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
-        safe = url.split("@")[-1]
-        raise BenchError(f"cannot open the Optuna storage {safe!r} ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:150]}); check hpo.storage") from None
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=engine,
+                              heartbeat_interval=int(hpo.get("heartbeat_interval", 10)),
+                              grace_period=int(hpo.get("grace_period", 30)),
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=int(hpo.get("max_retry", 2))))
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL
+            error = exc
+            if "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc):
+                break
+            time.sleep(0.5 + attempt)
+    safe = url.split("@")[-1]
+    raise BenchError(f"cannot open the Optuna storage {safe!r} ({type(error).__name__}: "
+                     f"{str(error).splitlines()[0][:150]}); check hpo.storage")
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:

@@ -64,9 +64,10 @@ def small_data(tmp_path: Path) -> dict[str, Path]:
             "target": write_sentiment_csv(tmp_path / "target.csv", 400, seed=2, cue_words=1)}
 
 
-def small_study_overrides(data: dict[str, Path], results: Path, cache: Path) -> list[str]:
+def small_study_overrides(data: dict[str, Path], results: Path, cache: Path, hpo: str = "none",
+                          baseline: str = "none") -> list[str]:
     """A whole study in seconds: generated CSVs, word2vec on the Lee corpus, a tiny TextCNN."""
-    return [
+    return [f"hpo={hpo}", f"baseline={baseline}",
         "study=small", f"paths.results={results}", f"paths.cache={cache}", "trainer=cpu",
         "progress=false",
         "dataset@data.source=file", f"data.source.path={data['source']}",

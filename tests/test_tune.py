@@ -1,0 +1,222 @@
+"""Tuning: trial counts, pruning, resume after SIGKILL, parallel workers (SQLite and PostgreSQL),
+the Pareto size search and the classical baseline, through the real CLI and real Optuna storages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.pareto import dominated
+from bench.results import load_records
+from conftest import run_cli, small_study_overrides
+
+WORKER = """
+import sys, time
+from bench.tune import open_storage, open_study, run_trials, make_pruner
+url, name, n, worker = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+storage = open_storage({"storage": url, "heartbeat_interval": 1, "grace_period": 5}, None)
+study = open_study(name, storage, seed=0, pruner=make_pruner(None), attrs={}, worker_id=worker)
+def objective(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(0.3)
+    return x
+run_trials(study, objective, n, poll=0.2)
+"""
+
+
+def _tuned_args(tmp_path, small_data, cache, *extra, baseline="none"):
+    return [*small_study_overrides(small_data, tmp_path, cache, hpo="tpe", baseline=baseline),
+            "strategy=[scratch]", "data.sizes=[100]", *extra]
+
+
+def _study(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'small' / 'optuna.db'}")
+
+
+def test_tuned_cell_has_its_trials_prunes_and_retrains_seeds(tmp_path, small_data, cache):
+    proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.n_trials=10",
+                                         "hpo.pruner.n_startup_trials=2", "hpo.pruner.n_warmup_steps=0",
+                                         "train.min_epochs=1", "train.max_epochs=6",
+                                         "seeds=[0,1,2]"))
+    assert proc.returncode == 0, proc.stderr
+    study = _study(tmp_path, "small/scratch/n=100")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 10
+    assert any(t.state == TrialState.PRUNED for t in study.trials)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert study.best_value == max(t.value for t in complete)
+    assert study.user_attrs["strategy"] == "scratch" and study.user_attrs["size"] == "100"
+    records = load_records(tmp_path / "small" / "records.jsonl")
+    assert sorted(r["seed"] for r in records) == [0, 1, 2]
+    best_lr = study.best_trial.params["lr"]
+    for r in records:
+        assert r["params"] == {"train.lr": best_lr}
+        assert r["hpo"]["n_trials"] == 10 and r["hpo"]["best_value"] == study.best_value
+        assert r["hpo"]["n_pruned"] >= 1
+        assert r["hpo"]["epochs_run"] < r["hpo"]["epochs_unpruned_estimate"]
+    # the sampler searched, it did not sit on one value
+    assert len({round(t.params["lr"], 8) for t in study.trials}) == len(study.trials)
+
+
+def test_sigkill_mid_trial_then_resume(tmp_path, small_data, cache):
+    args = _tuned_args(tmp_path, small_data, cache, "hpo.n_trials=6", "hpo.pruner.name=none",
+                       "hpo.heartbeat_interval=1", "hpo.grace_period=3", "seeds=[0,1]")
+    exe = Path(sys.executable).with_name("transfer-bench")
+    proc = subprocess.Popen([str(exe), "sweep", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    db = tmp_path / "small" / "optuna.db"
+    deadline = time.monotonic() + 300
+    killed_during = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not db.exists():
+            continue
+        try:
+            trials = _study(tmp_path, "small/scratch/n=100").trials
+        except (KeyError, Exception):  # study not created yet, or the database is busy
+            continue
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if len(done) >= 2 and running:
+            proc.send_signal(signal.SIGKILL)
+            killed_during = running[0].number
+            break
+    proc.wait()
+    assert killed_during is not None, "the study finished before it could be killed"
+    before = {t.number: (t.params, t.datetime_complete) for t in _study(
+        tmp_path, "small/scratch/n=100").trials if t.state == TrialState.COMPLETE}
+    time.sleep(4)  # let the killed trial's heartbeat go stale
+
+    again = run_cli("sweep", *args)
+    assert again.returncode == 0, again.stderr
+    trials = _study(tmp_path, "small/scratch/n=100").trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6
+    for number, (params, completed_at) in before.items():  # finished trials were not rerun
+        assert (trials[number].params, trials[number].datetime_complete) == (params, completed_at)
+    killed = trials[killed_during]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed_during]
+    assert len(retries) == 1 and retries[0].params == killed.params  # retried, same setting
+    records = load_records(tmp_path / "small" / "records.jsonl")
+    lines = (tmp_path / "small" / "records.jsonl").read_text().splitlines()
+    assert len(records) == len(lines) == 2
+    # a third run adds nothing
+    assert run_cli("sweep", *args).returncode == 0
+    assert len(_study(tmp_path, "small/scratch/n=100").trials) == len(trials)
+    assert (tmp_path / "small" / "records.jsonl").read_text().splitlines() == lines
+
+
+def _two_workers(url: str, name: str, n: int, tmp_path: Path) -> list[optuna.trial.FrozenTrial]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [subprocess.Popen([sys.executable, str(script), url, name, str(n), str(w)],
+                              stderr=subprocess.PIPE, text=True) for w in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+def _assert_exactly(trials, n):
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.number for t in complete) == list(range(n))  # exactly n, no gaps
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+    workers_params = {round(t.params["x"], 10) for t in complete}
+    assert len(workers_params) == n  # the two workers did not replay each other's samples
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    _assert_exactly(_two_workers(url, "shared", 12, tmp_path), 12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on loopback in a temp directory, stopped afterwards."""
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    pytest.importorskip("psycopg2", reason="install the 'postgres' extra for the driver")
+    # The server refuses to run as root; as root, run it as the postgres user in a folder it owns
+    # (pytest's own temp folders are private to root).
+    home = Path(tempfile.mkdtemp(prefix="transfer-bench-pg-"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(home, "postgres")
+    data, port = home / "data", _free_port()
+    env = {**os.environ, "LC_ALL": "C"}
+    try:
+        subprocess.run([*as_user, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust",
+                        "-E", "UTF8"], check=True, capture_output=True, env=env)
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-w", "-l", str(home / "pg.log"),
+                        "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1", "start"],
+                       check=True, capture_output=True, env=env)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, env=env)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(postgres, tmp_path):
+    _assert_exactly(_two_workers(postgres, "shared-pg", 10, tmp_path), 10)
+
+
+def test_unreachable_storage_is_one_line_exit_2(tmp_path, small_data, cache):
+    port = _free_port()  # nothing listens there
+    proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.n_trials=2",
+                   f"hpo.storage=postgresql+psycopg2://nobody@127.0.0.1:{port}/none"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot open the Optuna storage")
+    assert not (tmp_path / "small" / "records.jsonl").exists()
+
+
+def test_pareto_front_is_non_dominated(tmp_path, small_data, cache):
+    proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.mode=pareto",
+                                         "hpo.pareto.n_trials=8", "hpo.pareto.min_size=10",
+                                         baseline="tfidf_logreg"))
+    assert proc.returncode == 0, proc.stderr
+    fronts = json.loads((tmp_path / "small" / "pareto.json").read_text())
+    assert set(fronts) == {"scratch", "tfidf_logreg"}
+    for points in fronts.values():
+        assert points
+        for a in points:
+            assert not any(dominated(a, b) for b in points if b is not a)
+            assert 10 <= a["n_train"] <= 200
+
+
+def test_tfidf_baseline_is_tuned_on_the_same_cells(tmp_path, small_data, cache):
+    proc = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache,
+                                                   baseline="tfidf_logreg"),
+                   "strategy=[scratch]", "data.sizes=[100]", "seeds=[0,1]")
+    assert proc.returncode == 0, proc.stderr
+    records = load_records(tmp_path / "small" / "records.jsonl")
+    base = [r for r in records if r["strategy"] == "tfidf_logreg"]
+    assert len(base) == 2 and all(r["params"] == {} and r["hpo"] is None for r in base)
+    assert all(r["metrics"]["test_acc"] > 0.6 for r in base)  # the cue words are learnable
+    tuned = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache, hpo="tpe",
+                                                    baseline="tfidf_logreg"),
+                    "strategy=[scratch]", "hpo.n_trials=5", "data.sizes=[100]", "seeds=[0]",
+                    "study=tuned_baseline")
+    assert tuned.returncode == 0, tuned.stderr
+    records = load_records(tmp_path / "tuned_baseline" / "records.jsonl")
+    (base,) = [r for r in records if r["strategy"] == "tfidf_logreg"]
+    assert set(base["params"]) == {"C"} and base["hpo"]["n_trials"] == 5
