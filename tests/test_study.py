@@ -45,7 +45,7 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
 
     again = run_cli("sweep", *args)
     assert again.returncode == 0, again.stderr
-    assert "16 already recorded" in again.stderr
+    assert "8 cells x 2 seeds, 8 cells already complete" in again.stderr
     assert "from cache" in again.stderr
     assert records_path.read_text() == lines_before
 
