@@ -110,7 +110,7 @@ def sweep(argv: Sequence[str]) -> None:
 
 
 def report(argv: Sequence[str]) -> None:
-    from bench.results import RECORDS, load_records, markdown_table
+    from bench.results import RECORDS, hpo_table, load_records, markdown_table
 
     parser = argparse.ArgumentParser(prog="transfer-bench report",
                                      description="Tables from a study's records (no Hydra).")
@@ -124,6 +124,11 @@ def report(argv: Sequence[str]) -> None:
             raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
         print(f"## {d.name}: {args.metric}, mean ± std (seeds)\n")
         print(markdown_table(records, args.metric) + "\n")
+        tuning = hpo_table(records)
+        if not tuning.empty:
+            saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
+            print(f"### {d.name}: tuning per cell (pruning saved about {saved:.0%} of trial-epochs)\n")
+            print(tuning.to_markdown(index=False) + "\n")
 
 
 def data(argv: Sequence[str]) -> None:

@@ -99,3 +99,25 @@ def markdown_table(records: list[dict[str, Any]], metric: str = "test_acc",
     if table.empty:
         return "(no records)"
     return table.to_markdown()
+
+
+def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per tuned (strategy, size) cell: trials, pruning ledger, best value and params."""
+    rows = {}
+    for r in records:
+        info = r.get("hpo")
+        if info:
+            rows[(r["strategy"], str(r["size"]))] = {
+                "strategy": r["strategy"], "size": str(r["size"]), "trials": info["n_trials"],
+                "pruned": info["n_pruned"], "epochs run": info["epochs_run"],
+                "epochs unpruned (est.)": info["epochs_unpruned_estimate"],
+                "best val acc": round(info["best_value"], 4),
+                "best params": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in sorted(info["best_params"].items())),
+                "tuning s": round(info["seconds"]),
+            }
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows.values())
+    frame["_order"] = frame["size"].map(_size_order)
+    return frame.sort_values(["_order", "strategy"]).drop(columns="_order").reset_index(drop=True)

@@ -1,7 +1,8 @@
-"""A study: load everything once, then train and test every (strategy, size, seed) cell.
+"""A study: load everything once; tune each (strategy, size) cell; retrain and test every seed.
 
-Records are keyed by (strategy, size, seed); running the same command again skips the cells
-already recorded, so an interrupted study resumes where it stopped.
+Records are keyed by (strategy, size, seed); running the same command again skips what is
+recorded and continues each cell's Optuna study, so an interrupted study resumes where it
+stopped, and several workers can share one study.
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
 def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, fit: Fit,
            params: dict[str, Any], hpo_info: dict[str, Any] | None) -> dict[str, Any]:
     return {
-        "study": cfg.study, "strategy": method.name, "size": size, "n_train": n, "seed": seed,
+        "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
+        "strategy": method.name, "size": size, "n_train": n, "seed": seed,
         "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
         "params": params, "hpo": hpo_info, **method.describe(),
@@ -275,6 +277,10 @@ def _claim_study_dir(out: Path, cfg: DictConfig) -> None:
         if existing != identity:
             raise BenchError(f"{out} holds a study with a different configuration; choose another "
                              f"name with study=NAME (or move the old one away)")
+
+
+def _recorded(path: Path) -> set[tuple[str, str, int]]:
+    return {record_key(r) for r in load_records(path)}
 
 
 def _writable_dir(out: Path) -> None:
@@ -315,7 +321,7 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
         atomic_write_text(out / STUDY_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     records_path = out / RECORDS
-    done = {record_key(r) for r in load_records(records_path)}
+    done = _recorded(records_path)
     methods: list[Method] = [NeuralMethod(prep, cfg, s) for s in strategies]
     if cfg.baseline.name != "none":
         methods.append(BaselineMethod(prep, cfg))
@@ -345,8 +351,8 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
             bar.update(task, description=f"{method.name:>12} n={size}")
             params, info = tune(method, cfg, size, n, storage, out) if tuning else ({}, None)
             for seed in cfg.seeds:
-                if (method.name, str(size), int(seed)) in done:
-                    continue
+                if (method.name, str(size), int(seed)) in done | _recorded(records_path):
+                    continue  # recorded before this run, or meanwhile by another worker
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
                 fit = method.fit(params, n, int(seed), test=True)
                 append_record(records_path, record(cfg, method, size, n, int(seed), fit, params, info))

@@ -61,6 +61,12 @@ BAD_INPUTS = {
     "dimension mismatch": (lambda t: ["model.embedding_dim=32"], "dimension 16 but model.embedding_dim=32"),
     "single-class dataset": (_one_class, "single class"),
     "broken override syntax": (lambda t: ["data.sizes=[50"], "data.sizes=[50"),
+    "non-numeric lr bound": (lambda t: ["hpo=tpe", "hpo.space.lr.low=tiny"],
+                             "hpo.space.lr: low='tiny'"),
+    "search space names no key": (lambda t: ["hpo=tpe", "+hpo.space.wd={path:train.wd,low:1,high:2}"],
+                                  "'train.wd', which is not a config key"),
+    "unknown pruner": (lambda t: ["hpo=tpe", "hpo.pruner.name=sometimes"],
+                       "hpo.pruner.name='sometimes'"),
 }
 
 
@@ -70,8 +76,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, small_d
     extra = make_extra(tmp_path)
     results = tmp_path / "results"
     base = small_study_overrides(small_data, results, cache)
-    if "embeddings=file" in extra:  # the word2vec keys do not exist in the file group
-        base = [a for a in base if not a.startswith("embeddings")]
+    groups = {a.split("=")[0] for a in extra if "=" in a and "." not in a.split("=")[0]}
+    # a group chosen anew replaces the base choice, and the base's keys of the old option
+    base = [a for a in base if a.split("=")[0].split(".")[0] not in groups]
     proc = run_cli("sweep", *base, *extra)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()

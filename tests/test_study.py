@@ -80,3 +80,18 @@ def test_changing_a_result_setting_refuses_to_mix_into_the_old_study(tmp_path, s
     assert (tmp_path / "small" / "records.jsonl").read_text() == before
     info = json.loads((tmp_path / "small" / "study.json").read_text())
     assert info["config"]["train"]["lr"] == 0.001
+
+
+def test_multirun_with_joblib_launcher_runs_cells_in_parallel_processes(tmp_path, small_data, cache):
+    args = small_study_overrides(small_data, tmp_path, cache)
+    proc = run_cli("sweep", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   *[a for a in args if not a.startswith("data.sizes")],
+                   "strategy=scratch,full", "data.sizes=[20]")
+    assert proc.returncode == 0, proc.stderr
+    records = load_records(tmp_path / "small" / "records.jsonl")
+    lines = (tmp_path / "small" / "records.jsonl").read_text().splitlines()
+    # two jobs, one per strategy, appended to one study without interleaving or loss
+    assert len(lines) == len(records) == 4
+    assert {(r["strategy"], r["seed"]) for r in records} == {
+        ("scratch", 0), ("scratch", 1), ("full", 0), ("full", 1)}
+    assert len({r["source"]["key"] for r in records if r["strategy"] == "full"}) == 1

@@ -66,6 +66,9 @@ def test_tuned_cell_has_its_trials_prunes_and_retrains_seeds(tmp_path, small_dat
         assert r["hpo"]["n_trials"] == 10 and r["hpo"]["best_value"] == study.best_value
         assert r["hpo"]["n_pruned"] >= 1
         assert r["hpo"]["epochs_run"] < r["hpo"]["epochs_unpruned_estimate"]
+    report = run_cli("report", str(tmp_path / "small"))
+    assert report.returncode == 0 and "tuning per cell (pruning saved about" in report.stdout
+    assert f"train.lr={best_lr:.3g}" in report.stdout
     # the sampler searched, it did not sit on one value
     assert len({round(t.params["lr"], 8) for t in study.trials}) == len(study.trials)
 
