@@ -45,6 +45,7 @@ def _one_line(exc: BaseException) -> str:
     if exc.__cause__ is not None:  # e.g. "Key 'sizez' is not in struct" for a typo
         lines += [ln.strip() for ln in str(exc.__cause__).splitlines()[:1]]
     text = " ".join(ln for ln in lines if ln and not ln.startswith(skip))
+    text = text.split(" Config search path:")[0]  # Hydra internals, not the user's problem
     return text + " (`transfer-bench sweep --cfg job` shows the valid keys)" \
         if "not in struct" in text else text
 
