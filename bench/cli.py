@@ -3,6 +3,7 @@
     transfer-bench sweep [Hydra overrides] [-m] [--cfg job]   run (or resume) a study
     transfer-bench report DIR [DIR ...]                       tables from records; no Hydra
     transfer-bench data list | data fetch NAME                the dataset registry
+    transfer-bench benchmark [--study] [overrides]            suite vs plain PyTorch speed
 
 Problems the user can fix print one line ``error: ...`` and exit with status 2. Set
 TRANSFER_BENCH_DEBUG=1 to see the traceback instead.
@@ -156,7 +157,26 @@ def data(argv: Sequence[str]) -> None:
             print(f"  {fname}: {path}")
 
 
-COMMANDS = {"sweep": sweep, "report": report, "data": data}
+def benchmark(argv: Sequence[str]) -> None:
+    from bench import benchmark as bm
+
+    parser = argparse.ArgumentParser(prog="transfer-bench benchmark",
+                                     description="Training throughput of the suite vs a plain "
+                                                 "PyTorch loop, per-trial overhead, study time.")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer=gpu")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per repetition")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions of each loop")
+    parser.add_argument("--study", action="store_true",
+                        help="also time the default study (`transfer-bench sweep`) end to end")
+    parser.add_argument("--out", type=Path, default=Path("results/benchmark"),
+                        help="folder for the JSON (default results/benchmark)")
+    args = parser.parse_args(argv)
+    report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out)
+    print(bm.table(report))
+    print(f"\nwritten to {report['path']}")
+
+
+COMMANDS = {"sweep": sweep, "report": report, "data": data, "benchmark": benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

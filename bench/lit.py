@@ -8,14 +8,14 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from bench.strategies import param_groups
@@ -39,14 +39,51 @@ def _trim(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids[:, :width], labels
 
 
+class BucketBatchSampler(Sampler[list[int]]):
+    """Shuffled batches of similar-length texts, so little of each batch is padding.
+
+    Each epoch: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by length,
+    cut it into batches and shuffle the batches. Batch composition stays random (a text meets
+    different neighbours every epoch) while the padded width tracks the texts' own lengths.
+    PyTorch and Lightning ship no such sampler (torchtext's BucketIterator is gone).
+    """
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int,
+                 pool_batches: int = 50) -> None:
+        self.lengths, self.batch_size = lengths, batch_size
+        self.pool = batch_size * pool_batches
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator)
+        batches = []
+        for start in range(0, len(order), self.pool):
+            chunk = order[start:start + self.pool]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches += [chunk[i:i + self.batch_size].tolist()
+                        for i in range(0, len(chunk), self.batch_size)]
+        for i in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[i]
+
+
 def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
            seed: int = 0) -> DataLoader:
-    """Whole batches are indexed out of the tensors at once: no per-example Python work."""
+    """Whole batches are indexed out of the tensors at once: no per-example Python work.
+
+    Training batches are length-bucketed; evaluation batches go through the texts sorted by
+    length (order does not change a metric, and the padding all but disappears).
+    """
     dataset = TensorDataset(ids, labels)
-    base = (RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle
-            else SequentialSampler(dataset))
-    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(base, batch_size, False),
-                      collate_fn=_trim)
+    lengths = (ids != 0).sum(dim=1)
+    if shuffle:
+        sampler: Any = BucketBatchSampler(lengths, batch_size, seed)
+    else:
+        by_length = torch.argsort(lengths, stable=True).tolist()
+        sampler = BatchSampler(by_length, batch_size, False)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_trim)
 
 
 class TextClassifier(L.LightningModule):
@@ -88,7 +125,9 @@ class TextClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = param_groups(self.model, self.model.blocks, self.lr, self.lr_mult)
-        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        # The fused kernel updates all parameters in one pass: on CPU the step is ~7x faster
+        # than the per-tensor loop (the 1M-weight embedding dominates), same arithmetic.
+        return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
 
 
 @dataclass
@@ -107,16 +146,21 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader, tes
     quiet_lightning()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transfer-bench-ckpt-") as workdir:
-        best = ModelCheckpoint(dirpath=workdir, monitor="val_acc", mode="max", save_top_k=1,
-                               save_weights_only=True, filename="best")
         stop = EarlyStopping(monitor="val_acc", mode="max", patience=patience)
-        trainer = L.Trainer(max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=[*callbacks, stop, best], logger=False,
+        # A tuning trial (no test split) needs only the best validation score, which early
+        # stopping tracks: no checkpoint is written.
+        best = None if test is None else ModelCheckpoint(
+            dirpath=workdir, monitor="val_acc", mode="max", save_top_k=1, save_weights_only=True,
+            filename="best")
+        trainer = L.Trainer(max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs),
+                            callbacks=[*callbacks, stop, *([best] if best else [])], logger=False,
                             enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=best is not None,
                             num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
         trainer.fit(module, train, val)
         epochs = trainer.current_epoch
-        if test is None:  # a tuning trial: the best validation accuracy is all it needs
-            return FitResult({"val_acc": float(best.best_model_score)}, epochs,
+        if best is None:
+            return FitResult({"val_acc": float(stop.best_score)}, epochs,
                              max(epochs - stop.wait_count, 1), time.perf_counter() - start, {})
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)

@@ -28,6 +28,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from bench import baseline
 from bench import config as config_mod
+from bench import manifest as manifest_mod
 from bench import tune as tune_mod
 from bench.cache import atomic_write_text, cache_root
 from bench.data.sources import load_dataset
@@ -247,9 +248,10 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
 
 
 def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, fit: Fit,
-           params: dict[str, Any], hpo_info: dict[str, Any] | None) -> dict[str, Any]:
+           params: dict[str, Any], hpo_info: dict[str, Any] | None, run_id: str) -> dict[str, Any]:
     return {
         "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
+        "run_id": run_id,  # this run's entry in manifest.json
         "strategy": method.name, "size": size, "n_train": n, "seed": seed,
         "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
@@ -294,9 +296,39 @@ def _writable_dir(out: Path) -> None:
                          "set paths.results to a writable folder") from None
 
 
-def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
+def data_provenance(prep: Prepared, cfg: DictConfig) -> dict[str, Any]:
+    """Archives (pinned package and its SHA-256) and the SHA-256 of every file read."""
+    from bench.data.sources import REGISTRY
+
+    out: dict[str, Any] = {}
+    for role, task in (("source", prep.source), ("target", prep.target)):
+        name = cfg.data[role].name
+        pkg = REGISTRY[name][0] if name in REGISTRY else None
+        out[role] = {"name": task.data.name, "examples": len(task.data),
+                     "archive": None if pkg is None else {"package": pkg.spec, "file": pkg.filename,
+                                                          "sha256": pkg.sha256},
+                     "files_sha256": manifest_mod.file_checksums(task.data.files)}
+    if prep.vectors is not None:
+        out["vectors"] = {"description": prep.vectors.description,
+                          "identity": prep.vectors.identity}
+        if cfg.embeddings.kind == "file":
+            out["vectors"]["files_sha256"] = manifest_mod.file_checksums(
+                {Path(cfg.embeddings.path).name: str(Path(cfg.embeddings.path).expanduser())})
+    return out
+
+
+def _overrides() -> list[str] | None:
+    """The command-line overrides of this Hydra run (None when composed without Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+def run_study(cfg: DictConfig, console: Console | None = None,
+              overrides: list[str] | None = None) -> Path:
     """Check, prepare, run the missing cells, write records and the table; return the study dir."""
     console = console or Console(stderr=True)
+    started = manifest_mod.now()
     quiet_lightning()
     config_mod.check(cfg)
     strategies = config_mod.strategies(cfg)
@@ -320,6 +352,15 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
                 "vocab_size": len(prep.vocab)}
         atomic_write_text(out / STUDY_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
+    run_id = manifest_mod.new_run_id()
+    run_info = {**manifest_mod.run_entry(), "started": started,
+                "overrides": overrides if overrides is not None else _overrides(),
+                "config": OmegaConf.to_container(cfg, resolve=True)}
+    shared = {"study": cfg.study, "study_hash": config_mod.study_hash(cfg),
+              "config": config_mod.study_identity(cfg), "data": data_provenance(prep, cfg),
+              "seeds": {"replicates": list(cfg.seeds), "split": int(cfg.data.split_seed),
+                        "source": int(cfg.source.seed), "hpo": int(cfg.hpo.get("seed", 0))}}
+    manifest_mod.update(out, shared, run_id, run_info)
     records_path = out / RECORDS
     done = _recorded(records_path)
     methods: list[Method] = [NeuralMethod(prep, cfg, s) for s in strategies]
@@ -355,7 +396,8 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
                     continue  # recorded before this run, or meanwhile by another worker
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
                 fit = method.fit(params, n, int(seed), test=True)
-                append_record(records_path, record(cfg, method, size, n, int(seed), fit, params, info))
+                append_record(records_path, record(cfg, method, size, n, int(seed), fit, params, info,
+                                                   run_id))
             bar.advance(task)
     records = load_records(records_path)
     order = [m.name for m in methods]
@@ -363,6 +405,8 @@ def run_study(cfg: DictConfig, console: Console | None = None) -> Path:
     title = (f"# {cfg.study}: test accuracy, mean ± std (seeds)\n\n"
              f"target {prep.target.data.name}, source {prep.source.data.name}\n\n")
     atomic_write_text(out / TABLE_FILE, title + table + "\n")
+    manifest_mod.update(out, shared, run_id, {"finished": manifest_mod.now(),
+                                              "cells_run": len(todo)})
     console.print(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s; records in {records_path}")
     print(table)
     return out

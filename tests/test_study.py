@@ -7,6 +7,7 @@ from pathlib import Path
 
 from conftest import run_cli, small_study_overrides
 
+from bench.cache import sha256_file as sha256
 from bench.results import load_records
 
 
@@ -53,6 +54,22 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
     assert more.returncode == 0, more.stderr
     assert len(load_records(records_path)) == 17
+
+    # the manifest: one entry per run, every record points at its run
+    manifest = json.loads((results / "small" / "manifest.json").read_text())
+    runs = manifest["runs"]
+    assert len(runs) == 3
+    assert {r["run_id"] for r in load_records(records_path)} <= set(runs)
+    last = max(runs.values(), key=lambda r: r["started"])
+    assert "strategy=[full]" in last["overrides"] and last["finished"] >= last["started"]
+    assert last["config"]["data"]["sizes"] == [20, 100, 200]
+    assert last["git"]["commit"] is None or len(last["git"]["commit"]) == 40
+    assert last["versions"]["torch"] and last["versions"]["optuna"] and last["versions"]["gensim"]
+    assert last["hardware"]["cpu_count"] >= 1 and last["hardware"]["threads"]["torch"] >= 1
+    files = manifest["data"]["target"]["files_sha256"]
+    assert files == {Path(small_data["target"]).name: sha256(small_data["target"])}
+    assert manifest["seeds"]["replicates"] == [0, 1] and manifest["seeds"]["split"] == 0
+    assert manifest["study_hash"] == load_records(records_path)[0]["study_hash"]
 
 
 def test_same_seed_gives_identical_metrics_and_seeds_differ(tmp_path, small_data, cache):

@@ -1,0 +1,257 @@
+"""`transfer-bench benchmark`: how fast the suite trains, next to a plain PyTorch loop.
+
+Three figures, all from one process on one machine so the ratio is fair:
+
+* training throughput (examples/s) of the suite's loop (Lightning module, loader, callbacks) on
+  the source task, and of a plain PyTorch loop on the same model, data and batch size with every
+  batch padded to a fixed length (the usual script); median over repetitions, ratio side by side;
+* per-trial overhead: the time from asking for a cell's fit to its first optimizer step;
+* optionally the wall time of the default study, run in a fresh results directory.
+
+The figures go to stdout as a table and to ``results/benchmark/<machine>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from bench import config as config_mod
+from bench.cache import atomic_write_text
+from bench.lit import TextClassifier, fit_and_test, quiet_lightning
+from bench.strategies import Strategy
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: enough to tell two machines apart."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": L.__version__, "platform": platform.platform()}
+
+
+class EpochClock(Callback):
+    """Wall time of each training epoch's batches (validation excluded) and of the first step."""
+
+    def __init__(self) -> None:
+        self.epoch_seconds: list[float] = []
+        self.first_step_at: float | None = None
+        self._start = self._last = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._last = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._last > self._start:
+            self.epoch_seconds.append(self._last - self._start)
+            self._start = self._last  # count each epoch once
+
+
+def plain_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+                 batch_size: int, epochs: int, lr: float, fixed_len: int, seed: int) -> list[float]:
+    """The textbook loop: pad/cut to ``fixed_len``, shuffle, Adam, cross-entropy."""
+    width = ids.shape[1]
+    if width < fixed_len:
+        ids = F.pad(ids, (0, fixed_len - width))
+    ids = ids[:, :fixed_len].contiguous()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(ids), generator=generator)
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(ids[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+@dataclass
+class Throughput:
+    suite: list[float]  # examples/s per epoch
+    plain: list[float]
+    suite_val_acc: float
+    plain_val_acc: float
+
+
+def _accuracy(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(ids).argmax(1) == labels).float().mean())
+
+
+def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int) -> Throughput:
+    """Alternate suite and plain runs so that machine noise hits both alike."""
+    source = prep.source
+    pool = source.splits.pool
+    bs = int(cfg.train.batch_size)
+    lr = float(cfg.source.lr)
+    val_ids, val_labels = source.ids[source.splits.val], source.labels[source.splits.val]
+    suite: list[float] = []
+    plain: list[float] = []
+    suite_acc: list[float] = []
+    plain_acc: list[float] = []
+
+    def fresh(seed: int) -> torch.nn.Module:
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = instantiate(cfg.model, vocab_size=len(prep.vocab),
+                            num_classes=source.num_classes, _convert_="all")
+        if prep.matrix is not None:
+            with torch.no_grad():
+                model.embedding.weight.copy_(prep.matrix)
+        return model
+
+    for rep in range(repeats):
+        clock = EpochClock()
+        module = TextClassifier(fresh(rep), source.num_classes, lr)
+        fit_and_test(module, source.loader(pool, bs, True, rep), source.loader(source.splits.val, 500),
+                     None, {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
+                     callbacks=[clock])
+        suite += [len(pool) / s for s in clock.epoch_seconds]
+        suite_acc.append(_accuracy(module.model, val_ids, val_labels))
+        model = fresh(rep)
+        seconds = plain_epochs(model, source.ids[pool], source.labels[pool], bs, epochs, lr,
+                               64, rep)
+        plain += [len(pool) / s for s in seconds]
+        fixed = F.pad(val_ids, (0, max(0, 64 - val_ids.shape[1])))[:, :64]
+        plain_acc.append(_accuracy(model, fixed, val_labels))
+    return Throughput(suite, plain, statistics.median(suite_acc), statistics.median(plain_acc))
+
+
+def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
+    """Seconds from a tuning trial's start to its first optimizer step (full fine-tuning, n=200)."""
+    from bench.sweep import NeuralMethod
+
+    method = NeuralMethod(prep, cfg, Strategy("full", "network", "all"))
+    out = []
+    for rep in range(repeats + 1):
+        clock = EpochClock()
+        start = time.perf_counter()
+        method.fit({"train.max_epochs": 1, "train.min_epochs": 1}, 200, rep, test=False,
+                   callbacks=[clock])
+        if rep:  # the first call pays one-off imports and allocator warm-up
+            out.append(clock.first_step_at - start)
+    return out
+
+
+def time_default_study(extra: Sequence[str]) -> dict[str, Any]:
+    """Run ``transfer-bench sweep`` in a fresh results folder and time it end to end."""
+    folder = Path(tempfile.mkdtemp(prefix="transfer-bench-study-"))
+    try:
+        cmd = [sys.executable, "-m", "bench.cli", "sweep", f"paths.results={folder}",
+               "progress=false", *extra]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if done.returncode:
+            raise RuntimeError(f"the default study failed: {done.stderr.strip()[-500:]}")
+        return {"command": "transfer-bench sweep " + " ".join(extra), "seconds": round(seconds, 1),
+                "table": done.stdout.strip()}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
+        out_dir: Path) -> dict[str, Any]:
+    from bench.sweep import prepare
+
+    quiet_lightning()
+    cfg = config_mod.compose_config(["strategy=[full]", "baseline=none", "hpo=none", *overrides])
+    config_mod.check(cfg)
+    start = time.perf_counter()
+    prep = prepare(cfg, config_mod.strategies(cfg), config_mod.sizes(cfg))
+    prepare_seconds = time.perf_counter() - start
+    tp = measure_throughput(prep, cfg, epochs, repeats)
+    overhead = trial_overhead(prep, cfg, repeats)
+    report: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), "overrides": list(overrides),
+        "task": {"source": prep.source.data.name, "train_examples": len(prep.source.splits.pool),
+                 "batch_size": int(cfg.train.batch_size), "vocab": len(prep.vocab),
+                 "epochs": epochs, "repeats": repeats},
+        "prepare_seconds": round(prepare_seconds, 2),
+        "throughput": {
+            "suite_examples_per_s": round(statistics.median(tp.suite), 1),
+            "plain_fixed64_examples_per_s": round(statistics.median(tp.plain), 1),
+            "ratio": round(statistics.median(tp.suite) / statistics.median(tp.plain), 2),
+            "suite_per_epoch": [round(x, 1) for x in tp.suite],
+            "plain_per_epoch": [round(x, 1) for x in tp.plain],
+            "suite_val_acc": round(tp.suite_val_acc, 4),
+            "plain_val_acc": round(tp.plain_val_acc, 4)},
+        "trial_overhead_seconds": {"median": round(statistics.median(overhead), 3),
+                                   "all": [round(x, 3) for x in overhead]},
+    }
+    if study:
+        report["default_study"] = time_default_study([])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = "".join(c if c.isalnum() else "-" for c in (report["machine"]["gpu"] or
+                                                       report["machine"]["cpu"]))[:60].strip("-")
+    path = out_dir / f"{name}.json"
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    report["path"] = str(path)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    tp, oh = report["throughput"], report["trial_overhead_seconds"]
+    m = report["machine"]
+    rows = [
+        "| measure | suite | plain PyTorch (fixed length 64) | ratio |",
+        "|---|---|---|---|",
+        f"| training throughput, examples/s (median of {len(tp['suite_per_epoch'])} epochs) | "
+        f"{tp['suite_examples_per_s']:,.0f} | {tp['plain_fixed64_examples_per_s']:,.0f} | "
+        f"{tp['ratio']:.2f}x |",
+        f"| validation accuracy after {report['task']['epochs']} epochs (median) | "
+        f"{tp['suite_val_acc']:.3f} | {tp['plain_val_acc']:.3f} | |",
+        f"| per-trial overhead, s (median of {len(oh['all'])}) | {oh['median']:.3f} | | |",
+        f"| one-off preparation (data, vocab, vectors, source model), s | "
+        f"{report['prepare_seconds']:.1f} | | |",
+    ]
+    if "default_study" in report:
+        rows.append(f"| default study wall time, s (`{report['default_study']['command']}`) | "
+                    f"{report['default_study']['seconds']:.0f} | | |")
+    head = (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
+            + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
+            f"task: {report['task']['source']}, {report['task']['train_examples']} training "
+            f"examples, batch {report['task']['batch_size']}, vocabulary {report['task']['vocab']}\n")
+    return head + "\n".join(rows)
