@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import Callback
 
 from bench import config as config_mod
 from bench.cache import atomic_write_text
-from bench.lit import TextClassifier, fit_and_test, quiet_lightning
+from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, quiet_lightning
 from bench.strategies import Strategy
 
 
@@ -144,7 +144,8 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int) -> Throug
     for rep in range(repeats):
         clock = EpochClock()
         module = TextClassifier(fresh(rep), source.num_classes, lr)
-        fit_and_test(module, source.loader(pool, bs, True, rep), source.loader(source.splits.val, 500),
+        fit_and_test(module, source.loader(pool, bs, True, rep),
+                     source.loader(source.splits.val, EVAL_BATCH),
                      None, {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
                      callbacks=[clock])
         suite += [len(pool) / s for s in clock.epoch_seconds]

@@ -3,6 +3,7 @@
     transfer-bench sweep [Hydra overrides] [-m] [--cfg job]   run (or resume) a study
     transfer-bench report DIR [DIR ...]                       tables from records; no Hydra
     transfer-bench data list | data fetch NAME                the dataset registry
+    transfer-bench reproduce DIR [--cells N | --all]         rerun recorded cells, compare
     transfer-bench benchmark [--study] [overrides]            suite vs plain PyTorch speed
 
 Problems the user can fix print one line ``error: ...`` and exit with status 2. Set
@@ -112,25 +113,26 @@ def sweep(argv: Sequence[str]) -> None:
 
 
 def report(argv: Sequence[str]) -> None:
-    from bench.results import RECORDS, hpo_table, load_records, markdown_table
+    from bench import report as report_mod
 
-    parser = argparse.ArgumentParser(prog="transfer-bench report",
-                                     description="Tables from a study's records (no Hydra).")
+    parser = argparse.ArgumentParser(
+        prog="transfer-bench report",
+        description="Tables, statistics and plots from a study's records (no Hydra); written "
+                    "to <study>/report/ and printed.")
     parser.add_argument("dirs", nargs="+", type=Path, help="study directories (results/<study>)")
     parser.add_argument("--metric", default="test_acc",
                         choices=["test_acc", "test_f1", "val_acc", "val_f1"])
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     for d in args.dirs:
-        records = load_records(d / RECORDS)
-        if not records:
-            raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
-        print(f"## {d.name}: {args.metric}, mean ± std (seeds)\n")
-        print(markdown_table(records, args.metric) + "\n")
-        tuning = hpo_table(records)
-        if not tuning.empty:
-            saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
-            print(f"### {d.name}: tuning per cell (pruning saved about {saved:.0%} of trial-epochs)\n")
-            print(tuning.to_markdown(index=False) + "\n")
+        if not d.is_dir():
+            raise BenchError(f"{d} is not a study directory; give results/<study>")
+    for d in args.dirs:
+        out, text, notes = report_mod.write(d, args.metric, plots=not args.no_plots)
+        print(f"## {d.name}\n\n{text}")
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"report written to {out}", file=sys.stderr)
 
 
 def data(argv: Sequence[str]) -> None:
@@ -157,6 +159,36 @@ def data(argv: Sequence[str]) -> None:
             print(f"  {fname}: {path}")
 
 
+def reproduce(argv: Sequence[str]) -> None:
+    from bench import reproduce as rep
+
+    parser = argparse.ArgumentParser(
+        prog="transfer-bench reproduce",
+        description="Rerun recorded cells from a study's manifest in a fresh folder and compare. "
+                    "Exit status 1 when a difference exceeds the tolerance.")
+    parser.add_argument("dir", type=Path, help="a study directory (results/<study>)")
+    parser.add_argument("--cells", type=int, default=3, help="cells to rerun, one seed (default 3)")
+    parser.add_argument("--all", action="store_true", help="rerun every record")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="fresh output folder (default <dir>/reproductions/<time>)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="allowed |difference| (default: exact on the manifest's machine and "
+                             f"software, else {rep.CROSS_MACHINE_TOLERANCE})")
+    parser.add_argument("--reuse-cache", action="store_true",
+                        help="reuse cached tensors, vectors and source model instead of rebuilding")
+    args = parser.parse_args(argv)
+    if args.cells < 1:
+        raise BenchError(f"--cells {args.cells}; give at least 1")
+    if not args.dir.is_dir():
+        raise BenchError(f"{args.dir} is not a study directory; give results/<study>")
+    table, out, ok = rep.run(args.dir, args.cells, args.all, args.out, args.tolerance,
+                             args.reuse_cache)
+    print(table.to_markdown(index=False))
+    print(f"\n{int(table['within'].sum())}/{len(table)} within tolerance; written to {out}")
+    if not ok:
+        sys.exit(1)
+
+
 def benchmark(argv: Sequence[str]) -> None:
     from bench import benchmark as bm
 
@@ -176,7 +208,8 @@ def benchmark(argv: Sequence[str]) -> None:
     print(f"\nwritten to {report['path']}")
 
 
-COMMANDS = {"sweep": sweep, "report": report, "data": data, "benchmark": benchmark}
+COMMANDS = {"sweep": sweep, "report": report, "reproduce": reproduce, "data": data,
+            "benchmark": benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

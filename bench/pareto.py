@@ -18,6 +18,7 @@ from rich.console import Console
 from bench import tune as tune_mod
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
+from bench.lit import Diverged
 
 PARETO_FILE = "pareto.json"
 
@@ -57,7 +58,11 @@ def run_pareto(methods: list[Any], cfg: DictConfig, prep: Any, storage: Any, out
             n = trial.suggest_int("size", low, pool, log=True)
             params = tune_mod.suggest(trial, method.space)
             trial.set_user_attr("params", params)
-            fit = method.fit(params, n, int(hpo.seed), test=False)
+            try:
+                fit = method.fit(params, n, int(hpo.seed), test=False)
+            except Diverged as exc:  # multi-objective trials cannot be pruned: score it as 0
+                trial.set_user_attr("diverged", str(exc))
+                return 0.0, float(n)
             return fit.metrics["val_acc"], float(n)
 
         console.print(f"pareto search: {method.name}, {hpo.pareto.n_trials} trials")

@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.cache import cached, stable_hash
 from bench.data.task import Task
-from bench.lit import TextClassifier, fit_and_test
+from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test
 
 
 @dataclass
@@ -28,11 +28,16 @@ class SourceModel:
     from_cache: bool
 
 
+# Bump when the training loop changes what a source model comes out as (batching, optimizer):
+# cached models from an older recipe are then retrained rather than silently reused.
+RECIPE = 2
+
+
 def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: torch.Tensor | None,
                     key_parts: Mapping[str, Any], settings: Mapping[str, Any],
                     trainer_cfg: Mapping[str, Any], cache: Path) -> SourceModel:
     """Return the cached source model for these inputs, training it first if needed."""
-    key = stable_hash({**key_parts, "settings": dict(settings)})
+    key = stable_hash({**key_parts, "settings": dict(settings), "recipe": RECIPE})
     built = False
 
     def build() -> dict[str, Any]:
@@ -47,7 +52,8 @@ def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: to
                                 float(settings["weight_decay"]))
         bs = int(settings["batch_size"])
         result = fit_and_test(module, task.loader(task.splits.pool, bs, True, int(settings["seed"])),
-                              task.loader(task.splits.val, 500), task.loader(task.splits.test, 500),
+                              task.loader(task.splits.val, EVAL_BATCH),
+                              task.loader(task.splits.test, EVAL_BATCH),
                               trainer_cfg, int(settings["max_epochs"]), int(settings["patience"]),
                               int(settings["min_epochs"]))
         return {"state_dict": result.state_dict, "metrics": result.metrics,

@@ -37,7 +37,7 @@ from bench.data.task import Task, make_task
 from bench.data.text import Vocab
 from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
 from bench.errors import BenchError
-from bench.lit import TextClassifier, fit_and_test, quiet_lightning
+from bench.lit import EVAL_BATCH, Diverged, TextClassifier, fit_and_test, quiet_lightning
 from bench.models.textcnn import TextCNN
 from bench.pretrain import SourceModel, pretrain_source
 from bench.results import RECORDS, append_record, load_records, markdown_table, record_key
@@ -145,6 +145,7 @@ class Fit:
     epochs: int | None
     best_epoch: int | None
     seconds: float
+    diverged: str | None = None
 
 
 class NeuralMethod:
@@ -169,12 +170,13 @@ class NeuralMethod:
         frozen = [b for b in model.blocks if b not in strategy.trainable_blocks(model.blocks)]
         bs = int(cell.train.batch_size)
         result = fit_and_test(module, target.loader(subset, bs, True, seed),
-                              target.loader(target.splits.val, 500),
-                              target.loader(target.splits.test, 500) if test else None,
+                              target.loader(target.splits.val, EVAL_BATCH),
+                              target.loader(target.splits.test, EVAL_BATCH) if test else None,
                               trainer_kwargs(cell), int(cell.train.max_epochs),
                               int(cell.train.patience), int(cell.train.min_epochs),
                               callbacks=[FreezeBlocks(frozen), *callbacks])
-        return Fit(result.metrics, result.epochs, result.best_epoch, result.seconds)
+        return Fit(result.metrics, result.epochs, result.best_epoch, result.seconds,
+                   result.diverged)
 
     def describe(self) -> dict[str, Any]:
         prep, blocks = self.prep, TextCNN.blocks
@@ -227,7 +229,8 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
     attrs = {"config_hash": config_mod.study_hash(cfg), "strategy": method.name, "size": str(size),
              "n_train": n, "target": cfg.data.target.name, "source": cfg.data.source.name,
              "vectors": cfg.embeddings.kind, "metric": "val_acc"}
-    pruner = tune_mod.make_pruner(OmegaConf.to_container(hpo.pruner) if method.prunes else None)
+    pruner = tune_mod.make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True) if method.prunes
+                                  else None)
     study = tune_mod.open_study(name, storage, int(hpo.seed), pruner, attrs,
                                 worker_id=int(hpo.worker_id))
 
@@ -235,7 +238,11 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
         params = tune_mod.suggest(trial, method.space)
         trial.set_user_attr("params", params)
         callbacks = [PyTorchLightningPruningCallback(trial, monitor="val_acc")] if method.prunes else []
-        fit = method.fit(params, n, int(hpo.seed), test=False, callbacks=callbacks)
+        try:
+            fit = method.fit(params, n, int(hpo.seed), test=False, callbacks=callbacks)
+        except Diverged as exc:  # pruned, so the sampler learns to avoid the region
+            trial.set_user_attr("pruned_reason", f"diverged: {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
         if fit.epochs is not None:
             trial.set_user_attr("epochs", fit.epochs)
         return fit.metrics["val_acc"]
@@ -255,6 +262,7 @@ def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, 
         "strategy": method.name, "size": size, "n_train": n, "seed": seed,
         "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
+        "diverged": fit.diverged,
         "params": params, "hpo": hpo_info, **method.describe(),
         "device": _device_name(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -395,7 +403,15 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                 if (method.name, str(size), int(seed)) in done | _recorded(records_path):
                     continue  # recorded before this run, or meanwhile by another worker
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
-                fit = method.fit(params, n, int(seed), test=True)
+                try:
+                    fit = method.fit(params, n, int(seed), test=True)
+                except Diverged as exc:
+                    console.print(f"warning: {method.name} n={size} seed={seed} diverged before "
+                                  f"its first validation ({exc}); no record written")
+                    continue
+                if fit.diverged:
+                    console.print(f"warning: {method.name} n={size} seed={seed}: {fit.diverged}; "
+                                  "evaluated from its best checkpoint before that")
                 append_record(records_path, record(cfg, method, size, n, int(seed), fit, params, info,
                                                    run_id))
             bar.advance(task)

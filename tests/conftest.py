@@ -97,3 +97,19 @@ def cache_home() -> Path:
     from bench.cache import cache_root
 
     return cache_root()
+
+
+@pytest.fixture(scope="session")
+def tuned_study(tmp_path_factory) -> Path:
+    """One small tuned study (3 strategies + baseline, 3 sizes, 3 seeds), shared by the tests
+    that only read a study: reports and reproduction."""
+    root = tmp_path_factory.mktemp("tuned")
+    data = {"source": write_sentiment_csv(root / "source.csv", 600, seed=1),
+            "target": write_sentiment_csv(root / "target.csv", 400, seed=2, cue_words=1)}
+    args = [*small_study_overrides(data, root / "results", root / "cache", hpo="tpe",
+                                   baseline="tfidf_logreg"),
+            "strategy=[scratch,frozen,full]", "data.sizes=[20,50,100]", "seeds=[0,1,2]",
+            "hpo.n_trials=4", "hpo.pruner.n_startup_trials=2", "hpo.pruner.n_warmup_steps=1"]
+    proc = run_cli("sweep", *args)
+    assert proc.returncode == 0, proc.stderr
+    return root / "results" / "small"

@@ -1,0 +1,210 @@
+"""The report's figures, PNG and PDF, told apart by line style and marker so greyscale works."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench import manifest as manifest_mod  # noqa: E402
+from bench import report as report_mod  # noqa: E402
+from bench import stats  # noqa: E402
+from bench.cache import atomic_write  # noqa: E402
+from bench.pareto import PARETO_FILE  # noqa: E402
+from bench.results import RECORDS, load_records  # noqa: E402
+
+LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*"]
+GREYS = ["0.0", "0.35", "0.55", "0.2", "0.7", "0.45", "0.1", "0.6"]
+
+
+def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    return {n: {"linestyle": ls, "marker": m, "color": c}
+            for n, ls, m, c in zip(names, itertools.cycle(LINES), itertools.cycle(MARKERS),
+                                   itertools.cycle(GREYS))}
+
+
+def _save(fig: plt.Figure, out: Path, stem: str) -> list[str]:
+    written = []
+    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+        path = out / f"{stem}.{ext}"
+        atomic_write(path, lambda tmp, ext=ext, meta=meta: fig.savefig(
+            tmp, format=ext, dpi=150, bbox_inches="tight", metadata=meta))
+        written.append(path.name)
+    plt.close(fig)
+    return written
+
+
+def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: str,
+                    out: Path) -> list[str]:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = _styles(order)
+    for name in order:
+        c = cells[cells["strategy"] == name].sort_values("n_train")
+        ax.plot(c["n_train"], c["mean"], label=name, markersize=5, **styles[name])
+        ax.fill_between(c["n_train"], c["ci_low"], c["ci_high"], color=styles[name]["color"],
+                        alpha=0.12, linewidth=0)
+    ax.set_xscale("log")
+    sizes = sorted(cells["n_train"].unique())
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("target training examples (log scale)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI band)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, out, "learning_curves")
+
+
+def _storage_url(study_dir: Path) -> str:
+    manifest = manifest_mod.read(study_dir) or {}
+    for run in (manifest.get("runs") or {}).values():
+        url = ((run.get("config") or {}).get("hpo") or {}).get("storage")
+        if url:
+            return url
+    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+
+
+def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every finished trial of every tuned cell: strategy, size, params, value, pruned."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not (study_dir / "optuna.db").exists() and "sqlite" in _storage_url(study_dir):
+        return pd.DataFrame()
+    storage = optuna.storages.RDBStorage(_storage_url(study_dir),
+                                         skip_compatibility_check=True)
+    names = {(r["strategy"], str(r["size"])): r["hpo"]["study_name"]
+             for r in records if r.get("hpo") and r["hpo"].get("study_name")}
+    rows = []
+    for (strategy, size), name in sorted(names.items()):
+        study = optuna.load_study(study_name=name, storage=storage)
+        for t in study.get_trials(deepcopy=False):
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                value, pruned = t.value, False
+            elif t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
+                value, pruned = max(t.intermediate_values.values()), True
+            else:
+                continue
+            rows.append({"strategy": strategy, "size": size, "number": t.number, "value": value,
+                         "pruned": pruned, **t.params})
+    return pd.DataFrame(rows)
+
+
+def _panels(sizes: list[str]) -> tuple[plt.Figure, np.ndarray]:
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.2), sharey=True,
+                             squeeze=False)
+    return fig, axes[0]
+
+
+def _legend_below(fig: plt.Figure, axes: np.ndarray) -> None:
+    handles, labels = {}, []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    fig.legend([handles[k] for k in labels], labels, loc="upper center", ncol=min(len(labels), 6),
+               frameon=False, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+
+
+def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str) -> list[str]:
+    sizes = sorted(trials["size"].unique(), key=report_mod._size_key)
+    fig, axes = _panels(sizes)
+    styles = _styles(order)
+    for ax, size in zip(axes, sizes):
+        for name in order:
+            t = trials[(trials["strategy"] == name) & (trials["size"] == size)].dropna(subset=[param])
+            if t.empty:
+                continue
+            st = styles[name]
+            done, cut = t[~t["pruned"]], t[t["pruned"]]
+            ax.scatter(done[param], done["value"], marker=st["marker"], color=st["color"],
+                       s=18, label=name)
+            ax.scatter(cut[param], cut["value"], marker=st["marker"], facecolors="none",
+                       edgecolors=st["color"], s=18)
+        ax.set_xscale("log")
+        ax.set_title(f"n={size}")
+        ax.set_xlabel(param)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy\n(hollow: pruned trial, its best)")
+    _legend_below(fig, axes)
+    return _save(fig, out, "lr_sensitivity")
+
+
+def expected_best(trials: pd.DataFrame, order: list[str], out: Path) -> list[str]:
+    """Dodge et al. (2019): expected best validation score of k trials drawn from those run."""
+    sizes = sorted(trials["size"].unique(), key=report_mod._size_key)
+    fig, axes = _panels(sizes)
+    styles = _styles(order)
+    for ax, size in zip(axes, sizes):
+        for name in order:
+            values = trials[(trials["strategy"] == name) & (trials["size"] == size)]["value"]
+            if values.empty:
+                continue
+            ks = np.arange(1, len(values) + 1)
+            ax.plot(ks, [stats.expected_max(values, k) for k in ks], label=name, markersize=3,
+                    markevery=max(1, len(ks) // 5), **styles[name])
+        ax.set_title(f"n={size}")
+        ax.set_xlabel("trials")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("expected best validation accuracy")
+    _legend_below(fig, axes)
+    return _save(fig, out, "expected_best_vs_trials")
+
+
+def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
+    fronts = json.loads((study_dir / PARETO_FILE).read_text())
+    names = sorted(fronts)
+    styles = _styles(names)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in names:
+        pts = sorted(fronts[name], key=lambda p: p["n_train"])
+        ax.step([p["n_train"] for p in pts], [p["val_acc"] for p in pts], where="post",
+                label=name, **styles[name])
+    ax.set_xscale("log")
+    ax.set_xlabel("target training examples (log scale)")
+    ax.set_ylabel("validation accuracy (Pareto front)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, out, "pareto_fronts")
+
+
+def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
+    """Every figure the study's data allows; returns notes on what was skipped and why."""
+    notes: list[str] = []
+    records = load_records(study_dir / RECORDS)
+    if records:
+        df = report_mod.frame(records, metric)
+        order = report_mod._order(df["strategy"], records)
+        cells = report_mod.cell_table(df, order)
+        if cells["n_train"].nunique() > 1:
+            learning_curves(cells, order, metric, study_dir.name, out)
+        else:
+            notes.append("learning curves need at least two sizes")
+        try:
+            trials = trials_frame(study_dir, records)
+        except Exception as exc:  # noqa: BLE001 - a missing or unreachable storage only costs plots
+            trials = pd.DataFrame()
+            notes.append(f"Optuna trials unavailable ({type(exc).__name__}); "
+                         "no sensitivity or expected-best plots")
+        if not trials.empty:
+            params = [c for c in trials.columns
+                      if c not in ("strategy", "size", "number", "value", "pruned")]
+            param = "lr" if "lr" in params else (params[0] if params else None)
+            if param:
+                lr_sensitivity(trials, order, out, param)
+            expected_best(trials, order, out)
+        elif not notes:
+            notes.append("no tuned cells: no sensitivity or expected-best plots")
+    if (study_dir / PARETO_FILE).exists():
+        pareto_fronts(study_dir, out)
+    return notes

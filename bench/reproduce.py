@@ -1,0 +1,169 @@
+"""``transfer-bench reproduce <study dir>``: rerun recorded cells from the manifest alone.
+
+For each chosen record, the configuration of the run that wrote it (``manifest.json``) is
+rebuilt, the data, vectors and source model are rebuilt in a fresh cache (only the verified
+download archives are reused), and the cell is retrained with the record's tuned parameters and
+seed, then evaluated on test. The comparison goes to stdout and to ``reproduce.{md,json}`` in a
+fresh folder; the original study is only read.
+
+Tolerance: exact (to the 6 decimals records keep) when the software versions, CPU model and
+device match the manifest; otherwise a stated bound (default 0.02 accuracy), because different
+BLAS kernels, CPU instruction sets and GPU kernels change floating-point summation order, which
+moves a few borderline test predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+from rich.console import Console
+
+from bench import config as config_mod
+from bench import manifest as manifest_mod
+from bench.cache import atomic_write_text, cache_root, sha256_file
+from bench.errors import BenchError
+from bench.results import RECORDS, load_records
+
+CROSS_MACHINE_TOLERANCE = 0.02
+METRICS = ("test_acc", "val_acc")
+
+
+def choose(records: list[dict[str, Any]], cells: int, everything: bool) -> list[dict[str, Any]]:
+    """All records, or ``cells`` cells spread over strategies and sizes, one seed (the lowest)."""
+    if everything:
+        return records
+    seed = min(int(r["seed"]) for r in records)
+    pool = [r for r in records if int(r["seed"]) == seed]
+    strategies = list(dict.fromkeys(r["strategy"] for r in pool))
+    sizes = list(dict.fromkeys(str(r["size"]) for r in pool))
+    picked: list[dict[str, Any]] = []
+    for i in range(len(strategies) * len(sizes)):  # walk the grid diagonally
+        s, z = strategies[i % len(strategies)], sizes[(i // len(strategies) + i) % len(sizes)]
+        match = [r for r in pool if r["strategy"] == s and str(r["size"]) == z and r not in picked]
+        picked += match[:1]
+        if len(picked) >= cells:
+            break
+    return picked
+
+
+def environment_differences(run: dict[str, Any]) -> list[str]:
+    """What differs between the recording run and this machine, one line each."""
+    out = []
+    now_versions, now_hw = manifest_mod.versions(), manifest_mod.hardware()
+    for name, old in sorted((run.get("versions") or {}).items()):
+        if now_versions.get(name) != old:
+            out.append(f"{name} {now_versions.get(name)} here, {old} in the manifest")
+    old_hw = run.get("hardware") or {}
+    for key in ("cpu", "gpus"):
+        if old_hw.get(key) != now_hw.get(key):
+            out.append(f"{key} {now_hw.get(key)!r} here, {old_hw.get(key)!r} in the manifest")
+    return out
+
+
+def _fresh_cache(root: Path, source_cache: Path) -> Path:
+    """A new cache holding only the download archives (re-verified by checksum on use)."""
+    archives = source_cache / "archives"
+    if archives.is_dir():
+        (root / "archives").mkdir(parents=True, exist_ok=True)
+        for f in archives.iterdir():
+            if f.is_file():
+                os.symlink(f.resolve(), root / "archives" / f.name)
+    return root
+
+
+def _check_data(manifest: dict[str, Any], cache: Path) -> None:
+    """The archives this machine would read must be the ones the study read."""
+    for role, entry in (manifest.get("data") or {}).items():
+        archive = (entry or {}).get("archive") if isinstance(entry, dict) else None
+        if not archive:
+            continue
+        path = cache / "archives" / archive["file"]
+        if path.exists() and sha256_file(path) != archive["sha256"]:
+            raise BenchError(f"{path} does not match the manifest's SHA-256 for {role} data; "
+                             "delete it so it is fetched again")
+
+
+def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | None = None,
+        tolerance: float | None = None, reuse_cache: bool = False,
+        console: Console | None = None) -> tuple[pd.DataFrame, Path, bool]:
+    from bench.sweep import BaselineMethod, NeuralMethod, prepare
+
+    console = console or Console(stderr=True)
+    manifest = manifest_mod.read(study_dir)
+    if manifest is None:
+        raise BenchError(f"{study_dir} has no readable {manifest_mod.MANIFEST}; only studies run "
+                         "with a manifest can be reproduced")
+    records = load_records(study_dir / RECORDS)
+    if not records:
+        raise BenchError(f"{study_dir} has no records to reproduce")
+    chosen = choose(records, cells, everything)
+    runs = manifest.get("runs") or {}
+    missing = sorted({r.get("run_id") for r in chosen if r.get("run_id") not in runs}, key=str)
+    if missing:
+        raise BenchError(f"records name runs {missing} that {manifest_mod.MANIFEST} lacks; "
+                         "the manifest does not belong to these records")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = out or study_dir / "reproductions" / stamp
+    if out.exists() and any(out.iterdir()):
+        raise BenchError(f"{out} is not empty; reproduce writes into a fresh folder")
+    out.mkdir(parents=True, exist_ok=True)
+    user_cache = cache_root(None)
+    cache = user_cache if reuse_cache else _fresh_cache(out / "cache", user_cache)
+    _check_data(manifest, cache)
+
+    rows, warnings = [], set()
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in chosen:
+        by_run.setdefault(r["run_id"], []).append(r)
+    for run_id, recs in by_run.items():
+        entry = runs[run_id]
+        diffs = environment_differences(entry)
+        for d in diffs:
+            if d not in warnings:
+                console.print(f"warning: {d}")
+                warnings.add(d)
+        cfg = OmegaConf.create(entry["config"])
+        cfg.paths.cache = str(cache)
+        cfg.paths.results = str(out)
+        cfg.progress = False
+        config_mod.check(cfg)
+        if config_mod.study_hash(cfg) != manifest["study_hash"]:
+            raise BenchError(f"run {run_id}'s config does not hash to the manifest's study_hash; "
+                             "the manifest was edited or written by another version")
+        strategies = {s.name: s for s in config_mod.strategies(cfg)}
+        prep = prepare(cfg, list(strategies.values()), [r["size"] for r in recs], console)
+        same_env = not diffs and not (entry.get("hardware") or {}).get("gpus")
+        tol = tolerance if tolerance is not None else (0.0 if same_env else CROSS_MACHINE_TOLERANCE)
+        for r in recs:
+            method = (BaselineMethod(prep, cfg) if r["strategy"] not in strategies
+                      else NeuralMethod(prep, cfg, strategies[r["strategy"]]))
+            console.print(f"rerun {r['strategy']} n={r['size']} seed={r['seed']}")
+            fit = method.fit(dict(r["params"]), int(r["n_train"]), int(r["seed"]), test=True)
+            for metric in METRICS:
+                new = round(fit.metrics[metric], 6)
+                old = r["metrics"][metric]
+                diff = new - old
+                rows.append({"strategy": r["strategy"], "size": str(r["size"]), "seed": r["seed"],
+                             "metric": metric, "original": old, "rerun": new,
+                             "difference": round(diff, 6), "tolerance": tol,
+                             "within": abs(diff) <= tol + 1e-9})
+    table = pd.DataFrame(rows)
+    ok = bool(table["within"].all())
+    text = (f"# reproduction of {study_dir.name}\n\n" + table.to_markdown(index=False) + "\n\n"
+            f"{int(table['within'].sum())}/{len(table)} comparisons within tolerance"
+            + ("" if not warnings else "; environment differs: " + "; ".join(sorted(warnings)))
+            + "\n")
+    atomic_write_text(out / "reproduce.md", text)
+    atomic_write_text(out / "reproduce.json", json.dumps(
+        {"study": str(study_dir), "ok": ok, "environment_differences": sorted(warnings),
+         "run": manifest_mod.run_entry(), "rows": rows}, indent=2, default=str) + "\n")
+    if not reuse_cache:
+        shutil.rmtree(out / "cache", ignore_errors=True)  # rebuilt data: large and disposable
+    return table, out, ok

@@ -1,0 +1,97 @@
+"""`transfer-bench report`: tables, statistics and plots, checked against the records."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+
+from bench.results import load_records
+from bench.stats import bootstrap_ci
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def reported(tuned_study):
+    records_bytes = (tuned_study / "records.jsonl").read_bytes()
+    proc = run_cli("report", str(tuned_study))
+    assert proc.returncode == 0, proc.stderr
+    assert (tuned_study / "records.jsonl").read_bytes() == records_bytes  # read-only on results
+    return tuned_study / "report", proc
+
+
+def test_report_writes_every_table_and_figure(reported):
+    out, proc = reported
+    names = {p.name for p in out.iterdir()}
+    for stem in ("table", "gains", "efficiency"):
+        assert {f"{stem}.md", f"{stem}.csv"} <= names
+    assert {"table.tex", "budget.md", "tuning.md"} <= names
+    for fig in ("learning_curves", "lr_sensitivity", "expected_best_vs_trials"):
+        assert (out / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "\\toprule" in (out / "table.tex").read_text() and "\\bottomrule" in (out / "table.tex").read_text()
+    assert (out / "table.md").read_text() in proc.stdout
+
+
+def test_table_cells_are_the_records_statistics(reported, tuned_study):
+    out, _ = reported
+    table = pd.read_csv(out / "table.csv", dtype={"size": str})
+    records = load_records(tuned_study / "records.jsonl")
+    assert len(table) == 4 * 3  # (scratch, frozen, full, tfidf_logreg) x 3 sizes
+    for _, row in table.iterrows():
+        scores = [r["metrics"]["test_acc"] for r in sorted(records, key=lambda r: r["seed"])
+                  if r["strategy"] == row["strategy"] and str(r["size"]) == row["size"]]
+        assert row["seeds"] == len(scores) == 3
+        assert row["mean"] == pytest.approx(np.mean(scores), abs=1e-6)
+        assert row["std"] == pytest.approx(np.std(scores, ddof=1), abs=1e-6)
+        low, high = bootstrap_ci(scores)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-6)
+        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+        assert row["trials"] == 4
+    for size, g in table.groupby("size"):
+        best = g.loc[g["mean"].idxmax()]
+        assert g["best"].sum() == 1 and bool(best["best"])
+        for _, row in g.iterrows():
+            assert bool(row["tied"]) == (not row["best"] and row["ci_high"] >= best["ci_low"])
+
+
+def test_gains_are_paired_differences_with_holm_correction(reported, tuned_study):
+    out, _ = reported
+    gains = pd.read_csv(out / "gains.csv", dtype={"size": str})
+    records = load_records(tuned_study / "records.jsonl")
+    score = {(r["strategy"], str(r["size"]), r["seed"]): r["metrics"]["test_acc"] for r in records}
+    assert set(gains["strategy"]) == {"frozen", "full", "tfidf_logreg"}
+    for _, g in gains.iterrows():
+        diffs = [score[(g["strategy"], g["size"], s)] - score[("scratch", g["size"], s)]
+                 for s in (0, 1, 2)]
+        assert g["gain"] == pytest.approx(np.mean(diffs), abs=1e-6)
+        assert g["p_holm"] >= g["p"] - 1e-12
+        assert g["verdict"] in ("better", "worse", "no significant difference")
+        if g["verdict"] != "no significant difference":
+            assert g["p_holm"] < 0.05 and (g["verdict"] == "better") == (g["gain"] > 0)
+
+
+def test_report_is_byte_for_byte_reproducible(reported, tuned_study, tmp_path):
+    out, _ = reported
+    first = _digest(out)
+    again = run_cli("report", str(tuned_study))
+    assert again.returncode == 0, again.stderr
+    assert _digest(out) == first
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "nowhere", "is not a study directory"),
+    (lambda p: p, "has no records"),
+])
+def test_report_on_a_wrong_folder_is_one_line_exit_2(tmp_path, make, message):
+    proc = run_cli("report", str(make(tmp_path)))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
