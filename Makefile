@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean-venv
+.PHONY: run test reference benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ install: $(STAMP)
 ## run: the default study (movie -> product sentiment), then its table
 run: $(STAMP)
 	$(BIN)/transfer-bench sweep $(ARGS)
+
+## reference: regenerate the committed reference study (sizes 50..all, 20 trials, 5 seeds)
+reference: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_reference $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_reference
+
+## benchmark: suite vs plain PyTorch throughput, per-trial overhead, default study wall time
+benchmark: $(STAMP)
+	$(BIN)/transfer-bench benchmark --study $(ARGS)
 
 ## test: the test suite
 test: $(STAMP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,7 +25,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import optuna
-from optuna_integration import PyTorchLightningPruningCallback
 
 from bench import baseline
 from bench import config as config_mod
@@ -231,13 +231,14 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, storage: Any,
              "vectors": cfg.embeddings.kind, "metric": "val_acc"}
     pruner = tune_mod.make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True) if method.prunes
                                   else None)
+    warmup = int(OmegaConf.select(cfg, "hpo.pruner.n_warmup_steps", default=0) or 0)
     study = tune_mod.open_study(name, storage, int(hpo.seed), pruner, attrs,
                                 worker_id=int(hpo.worker_id))
 
     def objective(trial: optuna.Trial) -> float:
         params = tune_mod.suggest(trial, method.space)
         trial.set_user_attr("params", params)
-        callbacks = [PyTorchLightningPruningCallback(trial, monitor="val_acc")] if method.prunes else []
+        callbacks = [tune_mod.PruneAfterWarmup(trial, "val_acc", warmup)] if method.prunes else []
         try:
             fit = method.fit(params, n, int(hpo.seed), test=False, callbacks=callbacks)
         except Diverged as exc:  # pruned, so the sampler learns to avoid the region
@@ -293,6 +294,22 @@ def _recorded(path: Path) -> set[tuple[str, str, int]]:
     return {record_key(r) for r in load_records(path)}
 
 
+def _check_results_location(out: Path) -> None:
+    """Fail fast if the study folder could not be created or written, leaving no trace."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    hint = "set paths.results to a writable folder"
+    if not existing.is_dir():
+        raise BenchError(f"cannot create the results directory {out}: {existing} is a file, "
+                         f"not a folder; {hint}")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".transfer-bench-probe-").cleanup()
+    except OSError as exc:
+        raise BenchError(f"cannot write to the results directory {out} ({exc.strerror} in "
+                         f"{existing}); {hint}") from None
+
+
 def _writable_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -343,6 +360,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     sizes = config_mod.sizes(cfg)
     out = Path(cfg.paths.results) / str(cfg.study)
     _claim_study_dir(out, cfg)
+    _check_results_location(out)  # before minutes of preparation, without creating anything
     prep = prepare(cfg, strategies, sizes, console)
     _writable_dir(out)
     tuning = int(cfg.hpo.n_trials) > 0

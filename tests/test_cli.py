@@ -48,6 +48,26 @@ def _one_class(tmp: Path) -> list[str]:
     return [f"data.target.path={path}"]
 
 
+def _csv(name: str, text: str, *extra: str):
+    def make(tmp: Path) -> list[str]:
+        path = tmp / name
+        path.write_text(text)
+        return [f"data.target.path={path}", *extra]
+    return make
+
+
+def _truncated_vectors(tmp: Path) -> list[str]:
+    path = tmp / "cut.txt"  # the header promises 5 vectors of 16 numbers; the file stops early
+    path.write_text("5 16\ngood " + " ".join(["0.1"] * 16) + "\nbad 0.1 0.2\n")
+    return ["embeddings=file", f"embeddings.path={path}"]
+
+
+def _results_under_a_file(tmp: Path) -> list[str]:
+    blocker = tmp / "blocker"
+    blocker.write_text("a file where the results folder should go")
+    return [f"paths.results={blocker / 'results'}"]
+
+
 BAD_INPUTS = {
     "unknown strategy": (lambda t: ["strategy=[scratch,magic]"], "strategy/magic"),
     "unknown experiment": (lambda t: ["experiment=nope"], "experiment/nope"),
@@ -67,6 +87,17 @@ BAD_INPUTS = {
                                   "'train.wd', which is not a config key"),
     "unknown pruner": (lambda t: ["hpo=tpe", "hpo.pruner.name=sometimes"],
                        "hpo.pruner.name='sometimes'"),
+    "zero size": (lambda t: ["data.sizes=[0,50]"], "data.sizes contains 0"),
+    "CSV without the text column": (lambda t: ["data.target.text_column=body"],
+                                    "no text column 'body'"),
+    "empty data file": (_csv("empty.csv", ""), "data file is empty"),
+    "labels only in the test split": (
+        _csv("split.csv", "text,label,part\n" + "".join(
+            f"text {i},{'a' if i % 2 else 'b'},train\n" for i in range(300))
+            + "".join(f"odd text {i},c,test\n" for i in range(10)), "data.target.split_column=part"),
+        "labels ['c'] occur only in the test split"),
+    "truncated vectors file": (_truncated_vectors, "is not a readable word2vec vectors file"),
+    "results folder under a file": (_results_under_a_file, "is a file, not a folder"),
 }
 
 
@@ -95,7 +126,7 @@ def test_report_reads_records_without_hydra(tmp_path, small_data, cache):
     assert proc.returncode == 0, proc.stderr
     assert "small: test_f1" in proc.stdout and "| scratch" in proc.stdout and "(2)" in proc.stdout
     empty = run_cli("report", str(tmp_path / "nothing"))
-    assert empty.returncode == 2 and "has no records" in empty.stderr
+    assert empty.returncode == 2 and "is not a study directory" in empty.stderr
 
 
 def test_unknown_command_and_data_list():

@@ -26,7 +26,8 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
                                                                            cache):
     args = [*small_study_overrides(small_data, tmp_path, cache, hpo="tpe"),
             "strategy=[full]", "data.sizes=[100]", "seeds=[0]", "hpo.n_trials=6",
-            "hpo.pruner.name=none", "hpo.space.lr.high=1.0e+9"]  # up to absurd learning rates
+            "hpo.pruner.name=none", "~hpo.space.lr",
+            "+hpo.space.lr={path:train.lr,choices:[0.001,1.0e+30]}"]
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name="small/full/n=100",
@@ -43,7 +44,7 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
 
 def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path, small_data, cache):
     args = [*small_study_overrides(small_data, tmp_path, cache), "strategy=[full]",
-            "data.sizes=[100]", "seeds=[0]", "train.lr=1.0e+9", "train.batch_size=20"]
+            "data.sizes=[100]", "seeds=[0]", "train.lr=1.0e+30", "train.batch_size=100"]
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     (record,) = load_records(tmp_path / "small" / "records.jsonl")
@@ -119,3 +120,16 @@ def test_two_studies_and_two_workers_writing_at_once_lose_nothing(tmp_path, smal
     assert _metrics(tmp_path / "a" / "records.jsonl") == _metrics(tmp_path / "b" / "records.jsonl")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert len(manifest["runs"]) == 2
+
+
+def test_a_corrupt_cached_source_model_is_rebuilt_not_trusted(tmp_path, small_data, cache):
+    base = [*small_study_overrides(small_data, tmp_path, cache), "strategy=[full]",
+            "data.sizes=[20]", "seeds=[0]"]
+    first = run_cli("sweep", *base, "study=one")
+    assert first.returncode == 0 and "trained in" in first.stderr, first.stderr
+    (model,) = (cache / "source_models").glob("*.pt")
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # a torn write
+    second = run_cli("sweep", *base, "study=two")
+    assert second.returncode == 0, second.stderr
+    assert "trained in" in second.stderr  # rebuilt, not loaded
+    assert _metrics(tmp_path / "one" / "records.jsonl") == _metrics(tmp_path / "two" / "records.jsonl")

@@ -1,0 +1,25 @@
+"""`transfer-bench benchmark` runs end to end and writes what it prints (numbers not judged)."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli, small_study_overrides
+
+
+def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, cache):
+    overrides = [a for a in small_study_overrides(small_data, tmp_path, cache)
+                 if not a.startswith(("hpo=", "baseline="))]
+    out = tmp_path / "bench"
+    proc = run_cli("benchmark", *overrides, "--epochs", "2", "--repeats", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "training throughput, examples/s" in proc.stdout and "per-trial overhead" in proc.stdout
+    (path,) = out.glob("*.json")
+    report = json.loads(path.read_text())
+    tp = report["throughput"]
+    assert tp["suite_examples_per_s"] > 0 and tp["plain_fixed64_examples_per_s"] > 0
+    assert abs(tp["ratio"] - tp["suite_examples_per_s"] / tp["plain_fixed64_examples_per_s"]) < 0.01
+    assert len(tp["suite_per_epoch"]) == len(tp["plain_per_epoch"]) == 2
+    assert 0 < report["trial_overhead_seconds"]["median"] < 60
+    assert report["machine"]["cores"] >= 1 and report["task"]["train_examples"] == 400
+    assert f"{tp['ratio']:.2f}x" in proc.stdout
