@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from bench import config as config_mod
+from bench import manifest as manifest_mod
 from bench.cache import atomic_write_text
 from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, quiet_lightning
 from bench.strategies import Strategy
@@ -42,17 +42,10 @@ from bench.strategies import Strategy
 
 def machine() -> dict[str, Any]:
     """What ran the benchmark: enough to tell two machines apart."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+    return {"cpu": manifest_mod.cpu_model(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__,
             "lightning": L.__version__, "platform": platform.platform()}
 
 

@@ -107,13 +107,17 @@ def check_hpo(cfg: DictConfig) -> None:
         raise BenchError(f"hpo.mode={hpo.mode!r}; use grid or pareto")
     if n == 0 and hpo.mode == "grid":
         return
-    space = OmegaConf.to_container(hpo.space, resolve=True)
-    check_space(space, "hpo.space")
-    for name, spec in space.items():
-        path = spec.get("path", name)
-        if OmegaConf.select(cfg, path, default=None) is None:
-            raise BenchError(f"hpo.space.{name} sets {path!r}, which is not a config key; use a "
-                             "key such as train.lr, train.weight_decay or model.dropout")
+    spaces = {"hpo.space": OmegaConf.to_container(hpo.space, resolve=True)}
+    for strategy in strategies(cfg):
+        if strategy.space:
+            spaces[f"strategy.{strategy.name}.space"] = dict(strategy.space)
+    for where, space in spaces.items():
+        check_space(space, where)
+        for name, spec in space.items():
+            path = spec.get("path", name)
+            if OmegaConf.select(cfg, path, default=None) is None:
+                raise BenchError(f"{where}.{name} sets {path!r}, which is not a config key; use "
+                                 "a key such as train.lr, train.weight_decay or model.dropout")
     if cfg.baseline.name != "none":
         check_space(OmegaConf.to_container(cfg.baseline.space, resolve=True), "baseline.space")
     make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True))

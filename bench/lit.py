@@ -8,7 +8,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import lightning.pytorch as L
 import torch
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from bench.strategies import param_groups
+from bench.strategies import Strategy, param_groups
 
 
 def quiet_lightning() -> None:
@@ -95,11 +95,13 @@ class TextClassifier(L.LightningModule):
     """Cross-entropy training with Adam; per-epoch validation accuracy and macro-F1."""
 
     def __init__(self, model: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.0,
-                 lr_mult: Mapping[str, float] | None = None) -> None:
+                 strategy: Strategy | None = None,
+                 penalty: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
-        self.lr_mult = dict(lr_mult or {})
+        self.strategy = strategy  # per-block LR factors (lr_mult, lr_decay)
+        self.penalty = penalty    # e.g. L2-SP, added to the training loss
         for split in ("val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{split}_f1", MulticlassF1Score(num_classes, average="macro"))
@@ -109,7 +111,8 @@ class TextClassifier(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         ids, y = batch
-        return F.cross_entropy(self.model(ids), y)
+        loss = F.cross_entropy(self.model(ids), y)
+        return loss if self.penalty is None else loss + self.penalty(self.model)
 
     # Metrics are accumulated per batch and logged once per epoch: Lightning's ``self.log``
     # costs about 1.5 ms a call on CPU, more than a small model's validation batch.
@@ -140,7 +143,7 @@ class TextClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        groups = param_groups(self.model, self.model.blocks, self.lr, self.lr_mult)
+        groups = param_groups(self.model, self.model.blocks, self.lr, self.strategy)
         # The fused kernel updates all parameters in one pass: on CPU the step is ~7x faster
         # than the per-tensor loop (the 1M-weight embedding dominates), same arithmetic.
         return torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)

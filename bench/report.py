@@ -17,16 +17,14 @@ Optuna trials read the study's storage and are skipped (with a note) when it is 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.cache import atomic_write, atomic_write_text
+from bench.cache import atomic_write_text
 from bench.errors import BenchError
 from bench.results import RECORDS, hpo_table, load_records
 

@@ -24,21 +24,32 @@ from bench.errors import BenchError
 TRANSFERS = ("none", "vectors", "network")
 
 
+KEYS = ("transfer", "trainable", "lr_mult", "lr_decay", "unfreeze_every", "lp_ft", "l2sp",
+        "space")
+
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
     transfer: str = "network"
     trainable: Any = "all"
     lr_mult: Mapping[str, float] = field(default_factory=dict)
+    lr_decay: float = 1.0               # discriminative LRs: each block down divides the LR
+    unfreeze_every: int | None = None   # gradual unfreezing: one more block every E epochs
+    lp_ft: Mapping[str, float] | None = None   # {ft_lr_mult}: linear probe, then fine-tune
+    l2sp: Mapping[str, float] | None = None    # {alpha, beta}: pull towards the source weights
+    space: Mapping[str, Any] = field(default_factory=dict)  # extra tuned keys for this strategy
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], blocks: tuple[str, ...]) -> "Strategy":
-        unknown = set(cfg) - {"transfer", "trainable", "lr_mult"}
+        unknown = set(cfg) - set(KEYS)
         if unknown:
             raise BenchError(f"strategy {name!r} has unknown keys {sorted(unknown)}; "
-                             "allowed: transfer, trainable, lr_mult")
+                             f"allowed: {', '.join(KEYS)}")
         strategy = cls(name, cfg.get("transfer", "network"), cfg.get("trainable", "all"),
-                       dict(cfg.get("lr_mult") or {}))
+                       dict(cfg.get("lr_mult") or {}), cfg.get("lr_decay", 1.0),
+                       cfg.get("unfreeze_every"), cfg.get("lp_ft"), cfg.get("l2sp"),
+                       dict(cfg.get("space") or {}))
         strategy.trainable_blocks(blocks)  # validate now, not mid-study
         if strategy.transfer not in TRANSFERS:
             raise BenchError(f"strategy {name!r}: transfer={strategy.transfer!r}; "
@@ -47,7 +58,32 @@ class Strategy:
         if bad:
             raise BenchError(f"strategy {name!r}: lr_mult names unknown blocks {sorted(bad)}; "
                              f"blocks are {', '.join(blocks)}")
+        _number(name, "lr_decay", strategy.lr_decay, low=1e-9)
+        if strategy.unfreeze_every is not None:
+            _number(name, "unfreeze_every", strategy.unfreeze_every, low=1, integer=True)
+        for key, spec, fields in (("lp_ft", strategy.lp_ft, ("ft_lr_mult",)),
+                                  ("l2sp", strategy.l2sp, ("alpha", "beta"))):
+            if spec is None:
+                continue
+            if not isinstance(spec, Mapping) or set(spec) != set(fields):
+                raise BenchError(f"strategy {name!r}: {key} needs exactly {', '.join(fields)}")
+            for f in fields:
+                _number(name, f"{key}.{f}", spec[f], low=1e-12 if key == "lp_ft" else 0.0)
+        if strategy.unfreeze_every and strategy.lp_ft:
+            raise BenchError(f"strategy {name!r}: choose unfreeze_every or lp_ft, not both")
         return strategy
+
+    def unfreeze_schedule(self, blocks: tuple[str, ...]) -> list[tuple[int, str]]:
+        """(epoch, block) pairs: gradual unfreezing from the top, one block every E epochs."""
+        if not self.unfreeze_every:
+            return []
+        order = list(reversed(self.trainable_blocks(blocks)))  # top first
+        return [(i * self.unfreeze_every, b) for i, b in enumerate(order) if i > 0]
+
+    def lr_factor(self, block: str, blocks: tuple[str, ...]) -> float:
+        """The LR multiplier of ``block``: ``lr_mult`` times ``1 / lr_decay`` per block below the top."""
+        depth = len(blocks) - 1 - blocks.index(block)
+        return float(self.lr_mult.get(block, 1.0)) / float(self.lr_decay) ** depth
 
     def trainable_blocks(self, blocks: tuple[str, ...]) -> list[str]:
         """Block names that train, bottom to top."""
@@ -63,6 +99,13 @@ class Strategy:
             return [b for b in blocks if b in t]
         raise BenchError(f"strategy {self.name!r}: trainable={t!r}; use 'all', a number of top "
                          f"blocks, or a list of blocks from {', '.join(blocks)}")
+
+
+def _number(name: str, key: str, value: Any, low: float, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < low:
+        raise BenchError(f"strategy {name!r}: {key}={value!r}; it must be "
+                         f"{'an integer' if integer else 'a number'} >= {low:g}")
 
 
 def build_model(strategy: Strategy, make_model: Callable[[], nn.Module],
@@ -86,27 +129,69 @@ def build_model(strategy: Strategy, make_model: Callable[[], nn.Module],
 
 
 class FreezeBlocks(BaseFinetuning):
-    """Freezes the blocks a strategy does not train, before the optimizer is built."""
+    """Freezes the blocks a strategy does not train, before the optimizer is built, and
+    unfreezes scheduled ones later, each as a new optimizer group at its own LR."""
 
-    def __init__(self, frozen: list[str]) -> None:
+    def __init__(self, frozen: list[str], unfreeze: list[tuple[int, str, float]] = ()) -> None:
         super().__init__()
         self.frozen = frozen
+        self.unfreeze = list(unfreeze)  # (epoch, block, lr)
 
     def freeze_before_training(self, pl_module: Any) -> None:
-        modules = [pl_module.model.block(b) for b in self.frozen]
+        self.make_trainable(pl_module.model)  # a model may arrive frozen (LP-FT's phase 2)
+        later = [b for _, b, _ in self.unfreeze]
+        modules = [pl_module.model.block(b) for b in [*self.frozen, *later]]
         if modules:
             self.freeze(modules, train_bn=False)
 
     def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
-        """No schedule: the set of trainable blocks is fixed for these strategies."""
+        for at, block, lr in self.unfreeze:
+            if epoch == at:
+                self.unfreeze_and_add_param_group(pl_module.model.block(block), optimizer, lr=lr,
+                                                  initial_denom_lr=1.0, train_bn=True)
+                optimizer.param_groups[-1]["name"] = block
+
+
+def freeze_callback(strategy: Strategy, blocks: tuple[str, ...], lr: float) -> FreezeBlocks:
+    trainable = strategy.trainable_blocks(blocks)
+    schedule = [(epoch, b, lr * strategy.lr_factor(b, blocks))
+                for epoch, b in strategy.unfreeze_schedule(blocks)]
+    return FreezeBlocks([b for b in blocks if b not in trainable], schedule)
 
 
 def param_groups(model: nn.Module, blocks: tuple[str, ...], lr: float,
-                 lr_mult: Mapping[str, float]) -> list[dict[str, Any]]:
+                 strategy: Strategy | None = None) -> list[dict[str, Any]]:
     """One optimizer group per block with trainable parameters, named for inspection."""
     groups = []
     for name in blocks:
         params = [p for p in model.block(name).parameters() if p.requires_grad]
         if params:
-            groups.append({"params": params, "lr": lr * float(lr_mult.get(name, 1.0)), "name": name})
+            factor = strategy.lr_factor(name, blocks) if strategy else 1.0
+            groups.append({"params": params, "lr": lr * factor, "name": name})
     return groups
+
+
+class L2SP:
+    """Li et al. (2018): alpha/2 ||w - w0||^2 on transferred weights, beta/2 ||w||^2 on the head.
+
+    ``w0`` is a snapshot of the model when this object is made: make it right after
+    :func:`build_model`, so ``w0`` are the source weights.
+    """
+
+    def __init__(self, model: nn.Module, alpha: float, beta: float, head: str = "head") -> None:
+        self.alpha, self.beta, self.head = float(alpha), float(beta), head + "."
+        self.start = {k: p.detach().clone() for k, p in model.named_parameters()
+                      if not k.startswith(self.head)}
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        pull, decay = [], []
+        for k, p in model.named_parameters():
+            if k in self.start:
+                if self.start[k].device != p.device:  # moved once, on the first call
+                    self.start[k] = self.start[k].to(p.device)
+                pull.append(((p - self.start[k]) ** 2).sum())
+            elif k.startswith(self.head):
+                decay.append((p ** 2).sum())
+        zero = torch.zeros((), device=next(model.parameters()).device)
+        return (self.alpha / 2 * (sum(pull) if pull else zero)
+                + self.beta / 2 * (sum(decay) if decay else zero))

@@ -41,7 +41,7 @@ from bench.lit import EVAL_BATCH, Diverged, TextClassifier, fit_and_test, quiet_
 from bench.models.textcnn import TextCNN
 from bench.pretrain import SourceModel, pretrain_source
 from bench.results import RECORDS, append_record, load_records, markdown_table, record_key
-from bench.strategies import FreezeBlocks, Strategy, build_model
+from bench.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
 
 STUDY_FILE = "study.json"
 TABLE_FILE = "table.md"
@@ -153,37 +153,55 @@ class NeuralMethod:
 
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy) -> None:
         self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
-        self.space = OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}
+        self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
+                      **dict(strategy.space)}  # a strategy may tune its own keys too
         self.prunes = True
 
     def fit(self, params: dict[str, Any], n: int, seed: int, test: bool,
             callbacks: list[Any] = ()) -> Fit:
-        prep, strategy = self.prep, self.strategy
+        prep = self.prep
         cell = with_params(self.cfg, params)
+        # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
+        strategy = Strategy.from_config(
+            self.name, OmegaConf.to_container(cell.strategy[self.name], resolve=True) or {},
+            TextCNN.blocks)
         target = prep.target
         subset = training_subset(target.data.labels, target.splits.pool, n, seed)
         L.seed_everything(seed, workers=True, verbose=False)
         model = build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
                             prep.source_model.state_dict if prep.source_model else None)
-        module = TextClassifier(model, target.num_classes, float(cell.train.lr),
-                                float(cell.train.weight_decay), strategy.lr_mult)
-        frozen = [b for b in model.blocks if b not in strategy.trainable_blocks(model.blocks)]
-        bs = int(cell.train.batch_size)
-        result = fit_and_test(module, target.loader(subset, bs, True, seed),
-                              target.loader(target.splits.val, EVAL_BATCH),
+        blocks, lr, bs = model.blocks, float(cell.train.lr), int(cell.train.batch_size)
+        train, val = target.loader(subset, bs, True, seed), target.loader(target.splits.val,
+                                                                          EVAL_BATCH)
+        run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=int(cell.train.max_epochs),
+                   patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs))
+        penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
+                   if strategy.l2sp else None)
+        epochs = 0
+        if strategy.lp_ft:  # phase 1, linear probing: the head alone until validation stalls
+            probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
+                                   strategy, penalty)
+            head_only = FreezeBlocks([b for b in blocks if b != "head"])
+            first = fit_and_test(probe, train, val, val, callbacks=[head_only], **run)
+            model.load_state_dict(first.state_dict)  # phase 2 starts from the best head
+            epochs, lr = first.epochs, lr * float(strategy.lp_ft["ft_lr_mult"])
+        module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
+                                strategy, penalty)
+        result = fit_and_test(module, train, val,
                               target.loader(target.splits.test, EVAL_BATCH) if test else None,
-                              trainer_kwargs(cell), int(cell.train.max_epochs),
-                              int(cell.train.patience), int(cell.train.min_epochs),
-                              callbacks=[FreezeBlocks(frozen), *callbacks])
-        return Fit(result.metrics, result.epochs, result.best_epoch, result.seconds,
-                   result.diverged)
+                              callbacks=[freeze_callback(strategy, blocks, lr), *callbacks], **run)
+        return Fit(result.metrics, epochs + result.epochs, epochs + result.best_epoch,
+                   result.seconds, result.diverged)
 
     def describe(self) -> dict[str, Any]:
         prep, blocks = self.prep, TextCNN.blocks
         return {
             "strategy_spec": {"transfer": self.strategy.transfer,
                               "trainable": self.strategy.trainable_blocks(blocks),
-                              "lr_mult": dict(self.strategy.lr_mult)},
+                              "lr_mult": dict(self.strategy.lr_mult),
+                              **{k: getattr(self.strategy, k) for k in (
+                                  "lr_decay", "unfreeze_every", "lp_ft", "l2sp")
+                                 if getattr(self.strategy, k) not in (None, 1.0)}},
             "source": None if prep.source_model is None or self.strategy.transfer != "network"
             else {"key": prep.source_model.key, **prep.source_model.metrics},
             "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import compose_config, study_hash
-from conftest import REPO, run_cli, small_study_overrides, write_sentiment_csv
+from conftest import run_cli, small_study_overrides
 
 
 def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):

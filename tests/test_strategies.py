@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from bench.config import compose_config, strategies
 from bench.lit import TextClassifier, fit_and_test, loader
 from bench.models.textcnn import TextCNN
-from bench.strategies import FreezeBlocks, Strategy, build_model, param_groups
+from bench.strategies import (L2SP, FreezeBlocks, Strategy, build_model, freeze_callback,
+                              param_groups)
 from bench.errors import BenchError
 
 VOCAB, CLASSES, DIM = 40, 3, 8
@@ -44,7 +46,7 @@ def one_step(model: TextCNN, strategy: Strategy) -> dict[str, torch.Tensor]:
     ids[:, 5:] = 0  # some padding
     labels = torch.randint(0, CLASSES, (16,))
     frozen = [b for b in model.blocks if b not in strategy.trainable_blocks(model.blocks)]
-    module = TextClassifier(model, CLASSES, lr=0.1, lr_mult=strategy.lr_mult)
+    module = TextClassifier(model, CLASSES, lr=0.1, strategy=strategy)
     fit_and_test(module, loader(ids, labels, 8, True), loader(ids, labels, 16, False), None,
                  {"accelerator": "cpu", "deterministic": True, "max_steps": 2}, max_epochs=1,
                  patience=1, callbacks=[FreezeBlocks(frozen)])
@@ -52,10 +54,12 @@ def one_step(model: TextCNN, strategy: Strategy) -> dict[str, torch.Tensor]:
 
 
 EXPECTED_TRAINABLE = {"scratch": {"embedding", "encoder", "head"}, "frozen": {"head"},
-                      "partial": {"encoder", "head"}, "full": {"embedding", "encoder", "head"}}
+                      "partial": {"encoder", "head"}, "full": {"embedding", "encoder", "head"},
+                      "vectors_static": {"encoder", "head"},
+                      "vectors_nonstatic": {"embedding", "encoder", "head"}}
 
 
-@pytest.mark.parametrize("name", ["scratch", "frozen", "partial", "full"])
+@pytest.mark.parametrize("name", list(EXPECTED_TRAINABLE))
 def test_exactly_the_trainable_blocks_change(name, upstream):
     vectors, source_state = upstream
     strategy = configured(name)
@@ -110,7 +114,7 @@ def test_vectors_strategy_copies_vectors_only(upstream):
 def test_lr_multipliers_become_named_param_groups():
     strategy = Strategy.from_config("disc", {"trainable": "all", "lr_mult": {"embedding": 0.1}},
                                     TextCNN.blocks)
-    groups = param_groups(make_model(), TextCNN.blocks, 1e-3, strategy.lr_mult)
+    groups = param_groups(make_model(), TextCNN.blocks, 1e-3, strategy)
     assert [(g["name"], g["lr"]) for g in groups] == [
         ("embedding", pytest.approx(1e-4)), ("encoder", 1e-3), ("head", 1e-3)]
 
@@ -121,7 +125,137 @@ def test_lr_multipliers_become_named_param_groups():
     ({"trainable": ["decoder"]}, "trainable=['decoder']"),
     ({"lr_mult": {"decoder": 2}}, "unknown blocks"),
     ({"freeze": True}, "unknown keys"),
+    ({"lr_decay": 0}, "lr_decay=0"),
+    ({"unfreeze_every": 1.5}, "unfreeze_every=1.5"),
+    ({"l2sp": {"alpha": 0.1}}, "l2sp needs exactly alpha, beta"),
+    ({"lp_ft": {"ft_lr_mult": -1}}, "lp_ft.ft_lr_mult=-1"),
 ])
 def test_bad_strategy_definitions_are_named(spec, message):
     with pytest.raises(BenchError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Strategy.from_config("bad", spec, TextCNN.blocks)
+
+
+class Recorder(Callback):
+    """Per epoch: which blocks train, and the optimizer's (group name, lr) pairs."""
+
+    def __init__(self) -> None:
+        self.trainable: list[set[str]] = []
+        self.groups: list[list[tuple[str, float]]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            model = pl_module.model
+            self.trainable.append({b for b in model.blocks
+                                   if all(p.requires_grad for p in model.block(b).parameters())})
+            self.groups.append([(g.get("name"), g["lr"]) for g in trainer.optimizers[0].param_groups])
+
+
+def _train(model: TextCNN, strategy: Strategy, epochs: int, lr: float = 0.1,
+           penalty=None) -> Recorder:
+    torch.manual_seed(0)
+    ids = torch.randint(2, VOCAB, (16, 7))
+    labels = torch.randint(0, CLASSES, (16,))
+    recorder = Recorder()
+    module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, penalty=penalty)
+    fit_and_test(module, loader(ids, labels, 8, True), loader(ids, labels, 16, False), None,
+                 {"accelerator": "cpu", "deterministic": True}, max_epochs=epochs,
+                 patience=epochs, min_epochs=epochs,
+                 callbacks=[freeze_callback(strategy, model.blocks, lr), recorder])
+    return recorder
+
+
+def test_gradual_unfreezing_adds_one_block_from_the_top_every_e_epochs(upstream):
+    vectors, source_state = upstream
+    strategy = configured("gradual")  # unfreeze_every: 2
+    model = build_model(strategy, make_model, vectors, source_state)
+    encoder_before = model.encoder.convs[0].weight.detach().clone()
+    rec = _train(model, strategy, epochs=5)
+    assert rec.trainable == [{"head"}, {"head"}, {"head", "encoder"}, {"head", "encoder"},
+                             {"head", "encoder", "embedding"}]
+    # each newly unfrozen block is its own parameter group, at the base LR (no decay here)
+    assert rec.groups[0] == [("head", 0.1)]
+    assert rec.groups[2] == [("head", 0.1), ("encoder", 0.1)]
+    assert rec.groups[4] == [("head", 0.1), ("encoder", 0.1), ("embedding", 0.1)]
+    assert not torch.equal(model.encoder.convs[0].weight, encoder_before)  # it did train later
+
+
+def test_discriminative_learning_rates_divide_per_block_below_the_top(upstream):
+    vectors, source_state = upstream
+    strategy = configured("discriminative")  # lr_decay: 2.6
+    model = build_model(strategy, make_model, vectors, source_state)
+    rec = _train(model, strategy, epochs=1, lr=0.01)
+    assert [name for name, _ in rec.groups[0]] == ["embedding", "encoder", "head"]
+    lrs = dict(rec.groups[0])
+    assert lrs["head"] == pytest.approx(0.01)
+    assert lrs["encoder"] == pytest.approx(0.01 / 2.6)
+    assert lrs["embedding"] == pytest.approx(0.01 / 2.6 ** 2)
+    # gradual unfreezing uses the same factors for the groups it adds
+    both = Strategy.from_config("both", {"unfreeze_every": 1, "lr_decay": 2.0}, TextCNN.blocks)
+    rec = _train(build_model(both, make_model, vectors, source_state), both, epochs=3, lr=0.01)
+    assert rec.groups[2] == [("head", 0.01), ("encoder", 0.005), ("embedding", 0.0025)]
+
+
+def test_l2sp_penalty_is_zero_at_the_source_weights_and_grows_as_they_move(upstream):
+    vectors, source_state = upstream
+    model = build_model(configured("l2sp"), make_model, vectors, source_state)
+    penalty = L2SP(model, alpha=0.5, beta=0.0)
+    assert float(penalty(model).detach()) == 0.0
+    steps = []
+    for delta in (0.1, 0.2, 0.4):
+        with torch.no_grad():
+            model.encoder.convs[0].weight.copy_(source_state["encoder.convs.0.weight"] + delta)
+        steps.append(float(penalty(model).detach()))
+    n = model.encoder.convs[0].weight.numel()
+    assert steps == pytest.approx([0.5 / 2 * n * d ** 2 for d in (0.1, 0.2, 0.4)], rel=1e-4)
+    head = sum(float((p.detach() ** 2).sum()) for p in model.head.parameters())
+    with torch.no_grad():
+        model.encoder.convs[0].weight.copy_(source_state["encoder.convs.0.weight"])
+    assert float(L2SP(model, alpha=0.5, beta=0.2)(model).detach()) == pytest.approx(0.1 * head, rel=1e-5)
+
+
+def test_l2sp_keeps_fine_tuned_weights_near_the_source(upstream):
+    vectors, source_state = upstream
+    strategy = configured("l2sp")
+    drift = {}
+    for alpha in (0.0, 10.0):
+        torch.manual_seed(7)
+        model = build_model(strategy, make_model, vectors, source_state)
+        _train(model, strategy, epochs=3, penalty=L2SP(model, alpha=alpha, beta=0.0))
+        drift[alpha] = float((model.encoder.convs[0].weight
+                              - source_state["encoder.convs.0.weight"]).norm())
+    assert drift[10.0] < 0.5 * drift[0.0]
+
+
+def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, small_data, cache,
+                                                                    monkeypatch):
+    from conftest import small_study_overrides
+
+    from bench import sweep
+    from bench.config import check
+
+    cfg = compose_config([*small_study_overrides(small_data, tmp_path, cache), "strategy=[lp_ft]",
+                          "strategy.lp_ft.lp_ft.ft_lr_mult=0.25"])
+    check(cfg)
+    prep = sweep.prepare(cfg, strategies(cfg), [100])
+    calls = []
+    real = sweep.fit_and_test
+
+    def spy(module, *args, **kwargs):
+        model = module.model
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        result = real(module, *args, **kwargs)
+        trained = {b for b in model.blocks if any(
+            not torch.equal(start[k], v) for k, v in model.state_dict().items()
+            if k.startswith(b + "."))}
+        calls.append({"start": start, "result": result, "lr": module.lr, "trained": trained})
+        return result
+
+    monkeypatch.setattr(sweep, "fit_and_test", spy)
+    fit = sweep.NeuralMethod(prep, cfg, strategies(cfg)[0]).fit({}, 100, seed=0, test=True)
+    first, second = calls
+    assert first["trained"] == {"head"}  # linear probe: everything else frozen
+    for key, value in first["result"].state_dict.items():  # phase 2 starts from the best probe
+        assert torch.equal(second["start"][key], value), key
+    assert second["lr"] == pytest.approx(first["lr"] * 0.25)
+    assert second["trained"] == {"embedding", "encoder", "head"}
+    assert fit.epochs == first["result"].epochs + second["result"].epochs
