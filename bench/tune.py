@@ -210,7 +210,9 @@ class PruneAfterWarmup(PyTorchLightningPruningCallback):
     """optuna-integration's Lightning pruning callback, silent before the pruner's warm-up.
 
     Before epoch ``first_epoch`` the pruner always answers "go on", yet asking (a report and a
-    read of every trial) costs ~15 ms an epoch on SQLite: a sixth of a small cell's epoch.
+    read of every trial) costs ~15 ms an epoch on SQLite: a sixth of a small cell's epoch. One
+    consequence: the median pruner judges a trial by its best score *since the warm-up* (it
+    never saw the earlier ones), which is the score early stopping can still act on.
     """
 
     def __init__(self, trial: optuna.Trial, monitor: str, first_epoch: int = 0) -> None:
