@@ -91,7 +91,8 @@ def test_sigkill_mid_trial_then_resume(tmp_path, small_data, cache):
         except (KeyError, Exception):  # study not created yet, or the database is busy
             continue
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # a trial that has sampled its setting (under load one can be RUNNING without it yet)
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
         if len(done) >= 2 and running:
             proc.send_signal(signal.SIGKILL)
             killed_during = running[0].number
