@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference benchmark install clean-venv
+.PHONY: run test reference strategies benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(STAMP)
 reference: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_reference $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_reference
+
+## strategies: regenerate the committed all-strategies study (50, 200, 1000 labels, 5 seeds)
+strategies: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_strategies $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_strategies
 
 ## benchmark: suite vs plain PyTorch throughput, per-trial overhead, default study wall time
 benchmark: $(STAMP)
