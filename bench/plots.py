@@ -1,4 +1,5 @@
-"""The report's figures, PNG and PDF, told apart by line style and marker so greyscale works."""
+"""The report's figures, PNG and PDF: colour-blind-safe colours, and every strategy also has its
+own marker and line style, so a greyscale print still tells them apart."""
 
 from __future__ import annotations
 
@@ -22,14 +23,26 @@ from bench.pareto import PARETO_FILE  # noqa: E402
 from bench.results import RECORDS, load_records  # noqa: E402
 
 LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-MARKERS = ["o", "s", "^", "D", "v", "x", "P", "*"]
-GREYS = ["0.0", "0.35", "0.55", "0.2", "0.7", "0.45", "0.1", "0.6"]
+# Filled markers only (hollow = pruned in the trial plots); 13 distinct, so with 6 line styles
+# no two strategies of a study share both.
+MARKERS = ["o", "s", "^", "D", "v", "P", "*", "h", "<", "X", ">", "p", "d"]
+# Okabe & Ito's colour-blind-safe palette, then greys.
+COLOURS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#D55E00", "#0072B2", "#CC79A7",
+           "#F0E442", "0.45", "0.7"]
 
 
 def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
     return {n: {"linestyle": ls, "marker": m, "color": c}
             for n, ls, m, c in zip(names, itertools.cycle(LINES), itertools.cycle(MARKERS),
-                                   itertools.cycle(GREYS))}
+                                   itertools.cycle(COLOURS))}
+
+
+def _legend(ax: plt.Axes, entries: int) -> None:
+    """Inside the axes for a few strategies; beside it when a long list would hide the lines."""
+    if entries <= 6:
+        ax.legend(frameon=False, fontsize=8)
+    else:
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def _save(fig: plt.Figure, out: Path, stem: str) -> list[str]:
@@ -60,7 +73,7 @@ def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: s
     ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI band)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, len(order))
     return _save(fig, out, "learning_curves")
 
 
@@ -113,7 +126,7 @@ def _legend_below(fig: plt.Figure, axes: np.ndarray) -> None:
                 handles[label] = h
                 labels.append(label)
     fig.legend([handles[k] for k in labels], labels, loc="upper center", ncol=min(len(labels), 6),
-               frameon=False, fontsize=8, bbox_to_anchor=(0.5, 0.0))
+               frameon=False, fontsize=8, bbox_to_anchor=(0.5, -0.03))
 
 
 def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str) -> list[str]:
@@ -174,7 +187,7 @@ def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
     ax.set_xlabel("target training examples (log scale)")
     ax.set_ylabel("validation accuracy (Pareto front)")
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
+    _legend(ax, len(names))
     return _save(fig, out, "pareto_fronts")
 
 

@@ -6,7 +6,9 @@
   the best mean per size in bold, cells whose CI overlaps the best's CI in italics (tied);
 * ``budget.md``: the tuning budget per cell (trials, pruned, compute minutes);
 * ``gains.{md,csv}``: every strategy minus ``scratch`` over matched seeds, paired bootstrap CI,
-  paired t-test, Holm-corrected over the study (see :mod:`bench.stats`);
+  paired t-test, Holm-corrected over the study (see :mod:`bench.stats`); ``--against full``
+  adds ``gains_vs_full.{md,csv}``, the same against another strategy (does a method beat
+  plain fine-tuning?);
 * ``efficiency.{md,csv}``: labels ``scratch`` needs to match each strategy (ULMFiT's figure);
 * ``*.png`` / ``*.pdf``: learning curves, learning-rate sensitivity, expected best validation
   score vs trials (Dodge et al. 2019), Pareto fronts of the size search.
@@ -119,12 +121,12 @@ def _budget_cell(c: pd.Series) -> str:
     return f"{int(c['trials'])} trials ({int(c['pruned'])} pruned), {c['minutes']:.1f} {unit}-min"
 
 
-def gains_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Each strategy minus ``scratch`` per size over the seeds both have."""
+def gains_table(df: pd.DataFrame, order: list[str], reference: str = REFERENCE) -> pd.DataFrame:
+    """Each strategy minus ``reference`` per size over the seeds both have."""
     rows = []
-    ref = df[df["strategy"] == REFERENCE]
+    ref = df[df["strategy"] == reference]
     for strategy in order:
-        if strategy == REFERENCE:
+        if strategy == reference:
             continue
         for size in sorted(df["size"].unique(), key=_size_key):
             a = df[(df["strategy"] == strategy) & (df["size"] == size)].set_index("seed")["score"]
@@ -183,7 +185,30 @@ def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def build(study_dir: Path, metric: str = "test_acc") -> dict[str, str]:
+def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, metric: str,
+                 stem: str) -> dict[str, str]:
+    gains = gains_table(df, order, reference)
+    if gains.empty:
+        return {}
+    shown = pd.DataFrame({
+        "strategy": gains["strategy"], "size": gains["size"], "seeds": gains["pairs"],
+        f"gain vs {reference}": gains["gain"].map(lambda v: f"{v:+.3f}"),
+        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(gains["ci_low"], gains["ci_high"])],
+        "p": gains["p"].map(_fmt_p), "p (Holm)": gains["p_holm"].map(_fmt_p),
+        "verdict": gains["verdict"]})
+    return {
+        f"{stem}.md": (
+            f"{name}: {metric} gain over {reference}, matched seeds\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True)
+            + f"\n\nCI: percentile bootstrap of the mean per-seed difference. p: two-sided paired "
+            f"t-test over seeds; Holm-corrected over all {len(gains)} comparisons; verdict at "
+            f"alpha = {ALPHA}.\n"),
+        f"{stem}.csv": gains.round(6).to_csv(index=False, lineterminator="\n"),
+    }
+
+
+def build(study_dir: Path, metric: str = "test_acc",
+          against: Iterable[str] = (REFERENCE,)) -> dict[str, str]:
     """All table files as {name: text}; deterministic given the records."""
     records = load_records(study_dir / RECORDS)
     if not records:
@@ -214,20 +239,14 @@ def build(study_dir: Path, metric: str = "test_acc") -> dict[str, str]:
     files["budget.md"] = (f"{name}: tuning and training budget per cell\n\n"
                           + _wide(cells, order, _budget_cell).to_markdown(disable_numparse=True) + "\n")
 
-    gains = gains_table(df, order)
-    if not gains.empty:
-        shown = pd.DataFrame({
-            "strategy": gains["strategy"], "size": gains["size"], "seeds": gains["pairs"],
-            f"gain vs {REFERENCE}": gains["gain"].map(lambda v: f"{v:+.3f}"),
-            "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(gains["ci_low"], gains["ci_high"])],
-            "p": gains["p"].map(_fmt_p), "p (Holm)": gains["p_holm"].map(_fmt_p),
-            "verdict": gains["verdict"]})
-        files["gains.md"] = (
-            f"{name}: {metric} gain over {REFERENCE}, matched seeds\n\n" + shown.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nCI: percentile bootstrap of the mean per-seed difference. p: two-sided paired "
-            f"t-test over seeds; Holm-corrected over all {len(gains)} comparisons; verdict at "
-            f"alpha = {ALPHA}.\n")
-        files["gains.csv"] = gains.round(6).to_csv(index=False, lineterminator="\n")
+    for reference in against:
+        if reference == REFERENCE and reference not in order:
+            continue  # a study without scratch simply has no gains.md
+        if reference not in order:
+            raise BenchError(f"--against {reference}: {name} has no records of that strategy; "
+                             f"use one of {', '.join(order)}")
+        stem = "gains" if reference == REFERENCE else f"gains_vs_{reference}"
+        files.update(_gains_files(df, order, reference, name, metric, stem))
 
     eff = efficiency_table(cells, order)
     if not eff.empty:
@@ -246,9 +265,10 @@ def build(study_dir: Path, metric: str = "test_acc") -> dict[str, str]:
     return files
 
 
-def write(study_dir: Path, metric: str = "test_acc", plots: bool = True) -> tuple[Path, str, list[str]]:
+def write(study_dir: Path, metric: str = "test_acc", plots: bool = True,
+          against: Iterable[str] = (REFERENCE,)) -> tuple[Path, str, list[str]]:
     """Write the report folder; returns (folder, markdown to print, notes about skipped plots)."""
-    files = build(study_dir, metric)
+    files = build(study_dir, metric, against)
     out = study_dir / REPORT_DIR
     for name, text in files.items():
         atomic_write_text(out / name, text)
@@ -257,6 +277,7 @@ def write(study_dir: Path, metric: str = "test_acc", plots: bool = True) -> tupl
         from bench import plots as plots_mod
 
         notes = plots_mod.write_all(study_dir, out, metric)
-    shown = [files[k] for k in ("table.md", "gains.md", "efficiency.md", "budget.md", "tuning.md")
+    gains = ["gains.md"] + sorted(k for k in files if k.startswith("gains_vs_") and k.endswith(".md"))
+    shown = [files[k] for k in ("table.md", *gains, "efficiency.md", "budget.md", "tuning.md")
              if k in files]
     return out, "\n".join(shown), notes

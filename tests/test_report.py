@@ -95,3 +95,34 @@ def test_report_on_a_wrong_folder_is_one_line_exit_2(tmp_path, make, message):
     proc = run_cli("report", str(make(tmp_path)))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_against_compares_every_strategy_with_the_chosen_one(reported, tuned_study):
+    out, _ = reported
+    before = (out / "gains.csv").read_bytes()
+    proc = run_cli("report", str(tuned_study), "--no-plots", "--against", "full")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "gains.csv").read_bytes() == before  # the scratch comparison is unchanged
+    vs_full = pd.read_csv(out / "gains_vs_full.csv", dtype={"size": str})
+    assert (out / "gains_vs_full.md").read_text() in proc.stdout
+    records = load_records(tuned_study / "records.jsonl")
+    score = {(r["strategy"], str(r["size"]), r["seed"]): r["metrics"]["test_acc"] for r in records}
+    assert set(vs_full["strategy"]) == {"scratch", "frozen", "tfidf_logreg"}
+    for _, g in vs_full.iterrows():
+        diffs = [score[(g["strategy"], g["size"], s)] - score[("full", g["size"], s)]
+                 for s in (0, 1, 2)]
+        assert g["gain"] == pytest.approx(np.mean(diffs), abs=1e-6)
+    # scratch vs full is the mirror image of full vs scratch
+    vs_scratch = pd.read_csv(out / "gains.csv", dtype={"size": str})
+    mirror = vs_scratch[vs_scratch["strategy"] == "full"].set_index("size")["gain"]
+    for _, g in vs_full[vs_full["strategy"] == "scratch"].iterrows():
+        assert g["gain"] == pytest.approx(-mirror[g["size"]], abs=1e-6)
+
+
+def test_against_an_unknown_strategy_is_one_line_exit_2(reported, tuned_study):
+    out, _ = reported
+    before = _digest(out)
+    proc = run_cli("report", str(tuned_study), "--against", "magic")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--against magic" in proc.stderr and "full" in proc.stderr
+    assert _digest(out) == before

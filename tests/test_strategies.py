@@ -259,3 +259,50 @@ def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, sma
     assert second["lr"] == pytest.approx(first["lr"] * 0.25)
     assert second["trained"] == {"embedding", "encoder", "head"}
     assert fit.epochs == first["result"].epochs + second["result"].epochs
+
+
+ALL_STRATEGIES = ["scratch", "frozen", "partial", "full", "vectors_static", "vectors_nonstatic",
+                  "gradual", "discriminative", "lp_ft", "l2sp"]
+
+
+def test_the_strategies_experiment_composes_every_strategy():
+    cfg = compose_config(["experiment=movie_to_amazon_strategies"])
+    assert [s.name for s in strategies(cfg)] == ALL_STRATEGIES
+    assert list(cfg.data.sizes) == [50, 200, 1000] and len(cfg.seeds) == 5
+
+
+def test_one_study_tunes_and_reports_every_strategy(tmp_path):
+    """The acceptance path: a list override puts all strategies in one tuned study, each tunes
+    its own keys, and the report shows every one of them."""
+    import pandas as pd
+    from conftest import run_cli, small_study_overrides, write_sentiment_csv
+
+    from bench.results import load_records
+
+    data = {"source": write_sentiment_csv(tmp_path / "source.csv", 600, seed=1),
+            "target": write_sentiment_csv(tmp_path / "target.csv", 400, seed=2, cue_words=1)}
+    args = [*small_study_overrides(data, tmp_path / "results", tmp_path / "cache", hpo="tpe"),
+            f"strategy=[{','.join(ALL_STRATEGIES)}]", "data.sizes=[50]", "seeds=[0,1]",
+            "hpo.n_trials=2", "hpo.pruner.name=none"]
+    proc = run_cli("sweep", *args)
+    assert proc.returncode == 0, proc.stderr
+    study = tmp_path / "results" / "small"
+    records = load_records(study / "records.jsonl")
+    assert sorted((r["strategy"], r["seed"]) for r in records) == sorted(
+        (s, seed) for s in ALL_STRATEGIES for seed in (0, 1))
+    tuned = {r["strategy"]: set(r["params"]) for r in records}
+    assert tuned["discriminative"] == {"train.lr", "strategy.discriminative.lr_decay"}
+    assert tuned["lp_ft"] == {"train.lr", "strategy.lp_ft.lp_ft.ft_lr_mult"}
+    assert tuned["l2sp"] == {"train.lr", "strategy.l2sp.l2sp.alpha", "strategy.l2sp.l2sp.beta"}
+    assert tuned["full"] == {"train.lr"}
+    for r in records:
+        assert 0.0 <= r["metrics"]["test_acc"] <= 1.0 and r["diverged"] is None
+
+    report = run_cli("report", str(study), "--no-plots", "--against", "full")
+    assert report.returncode == 0, report.stderr
+    table = pd.read_csv(study / "report" / "table.csv")
+    assert sorted(table["strategy"]) == sorted(ALL_STRATEGIES)
+    vs_full = pd.read_csv(study / "report" / "gains_vs_full.csv")
+    assert sorted(vs_full["strategy"]) == sorted(set(ALL_STRATEGIES) - {"full"})
+    for name in ALL_STRATEGIES:
+        assert f"| {name} " in report.stdout
