@@ -1,4 +1,4 @@
-"""The committed reference study: its report regenerates byte for byte from its records."""
+"""The committed studies: their reports regenerate byte for byte from their records."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ import pytest
 
 from conftest import REPO, run_cli
 
-REFERENCE = REPO / "results" / "movie_to_amazon_reference"
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md")
+COMMITTED = [  # (study, report arguments, extra tables, records)
+    ("movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x (4 strategies + baseline) x 5 seeds
+    ("movie_to_amazon_strategies", ["--against", "full"], ("gains_vs_full.md", "gains_vs_full.csv"),
+     3 * 11 * 5),  # 3 sizes x (10 strategies + baseline) x 5 seeds
+]
 
 
-@pytest.mark.skipif(not (REFERENCE / "records.jsonl").exists(), reason="no committed reference study")
-def test_committed_reference_tables_regenerate_byte_for_byte(tmp_path):
-    copy = tmp_path / REFERENCE.name
-    shutil.copytree(REFERENCE, copy, ignore=shutil.ignore_patterns("report", "reproductions"))
-    proc = run_cli("report", str(copy), "--no-plots")
+@pytest.mark.parametrize("name, args, extra, n_records", COMMITTED, ids=[c[0] for c in COMMITTED])
+def test_committed_study_tables_regenerate_byte_for_byte(tmp_path, name, args, extra, n_records):
+    study = REPO / "results" / name
+    copy = tmp_path / name
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("report", "reproductions"))
+    proc = run_cli("report", str(copy), "--no-plots", *args)
     assert proc.returncode == 0, proc.stderr
-    for name in TABLES:
-        assert (copy / "report" / name).read_bytes() == (REFERENCE / "report" / name).read_bytes(), name
-    records = (REFERENCE / "records.jsonl").read_text().splitlines()
-    assert len(records) == 6 * 5 * 5  # 6 sizes x (4 strategies + baseline) x 5 seeds
+    for table in (*TABLES, *extra):
+        assert (copy / "report" / table).read_bytes() == (study / "report" / table).read_bytes(), table
+    assert len((study / "records.jsonl").read_text().splitlines()) == n_records
