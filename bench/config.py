@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from bench.cache import stable_hash
+from bench import schedule as schedule_mod
 from bench.errors import BenchError
 from bench.models.textcnn import TextCNN
 from bench.strategies import Strategy
@@ -91,9 +92,16 @@ def check(cfg: DictConfig) -> None:
         raise BenchError(f"model.dropout={cfg.model.dropout!r}; it must be in [0, 1)")
     if not cfg.seeds or not all(isinstance(s, int) and s >= 0 for s in cfg.seeds):
         raise BenchError(f"seeds={list(cfg.seeds)!r}; give a list of integers >= 0 (0 is a seed)")
+    schedule_mod.check(schedule_spec(cfg))
     sizes(cfg)
     strategies(cfg)
     check_hpo(cfg)
+
+
+def schedule_spec(cfg: DictConfig) -> dict[str, Any] | None:
+    """``train.schedule`` as a plain dict; ``None`` in configs older than the key."""
+    node = OmegaConf.select(cfg, "train.schedule", default=None)
+    return None if node is None else OmegaConf.to_container(node, resolve=True)
 
 
 def check_hpo(cfg: DictConfig) -> None:
@@ -129,6 +137,10 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a cell's result, minus the grid (see :data:`GRID_KEYS`)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    # A constant LR is what every study did before train.schedule existed: leaving it out keeps
+    # those studies' identity, so they resume and reproduce unchanged.
+    if (plain.get("train", {}).get("schedule") or {}).get("name", "constant") == "constant":
+        plain.get("train", {}).pop("schedule", None)
     for key in GRID_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = plain

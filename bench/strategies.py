@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 
 from bench.errors import BenchError
+from bench.schedule import follow_new_group
 
 TRANSFERS = ("none", "vectors", "network")
 
@@ -149,7 +150,11 @@ class FreezeBlocks(BaseFinetuning):
             if epoch == at:
                 self.unfreeze_and_add_param_group(pl_module.model.block(block), optimizer, lr=lr,
                                                   initial_denom_lr=1.0, train_bn=True)
-                optimizer.param_groups[-1]["name"] = block
+                group = optimizer.param_groups[-1]
+                group["name"] = block
+                for config in pl_module.trainer.lr_scheduler_configs:  # LR schedules include it
+                    if config.scheduler.optimizer is optimizer:
+                        follow_new_group(config.scheduler, group)
 
 
 def freeze_callback(strategy: Strategy, blocks: tuple[str, ...], lr: float) -> FreezeBlocks:

@@ -177,16 +177,17 @@ class NeuralMethod:
                    patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs))
         penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
                    if strategy.l2sp else None)
+        schedule = config_mod.schedule_spec(cell)
         epochs = 0
         if strategy.lp_ft:  # phase 1, linear probing: the head alone until validation stalls
             probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                   strategy, penalty)
+                                   strategy, penalty, schedule)
             head_only = FreezeBlocks([b for b in blocks if b != "head"])
             first = fit_and_test(probe, train, val, val, callbacks=[head_only], **run)
             model.load_state_dict(first.state_dict)  # phase 2 starts from the best head
             epochs, lr = first.epochs, lr * float(strategy.lp_ft["ft_lr_mult"])
         module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                strategy, penalty)
+                                strategy, penalty, schedule)
         result = fit_and_test(module, train, val,
                               target.loader(target.splits.test, EVAL_BATCH) if test else None,
                               callbacks=[freeze_callback(strategy, blocks, lr), *callbacks], **run)

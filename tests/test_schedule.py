@@ -1,0 +1,89 @@
+"""LR schedules per step, and groups added by gradual unfreezing following them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from conftest import REPO
+from test_strategies import VOCAB, CLASSES, configured, make_model
+
+from bench.config import compose_config, study_hash
+from bench.lit import TextClassifier, fit_and_test, loader
+from bench.schedule import slanted_triangular
+from bench.strategies import Strategy, build_model, freeze_callback
+from bench.models.textcnn import TextCNN
+
+
+def test_slanted_triangular_follows_ulmfit_equation_3():
+    f = slanted_triangular(100, cut_frac=0.1, ratio=32)
+    assert f(0) == pytest.approx(1 / 32)             # starts at the lowest LR
+    assert f(5) == pytest.approx((1 + 0.5 * 31) / 32)  # halfway up the short rise
+    assert f(10) == pytest.approx(1.0)                # the peak at cut = 10 steps
+    assert f(55) == pytest.approx((1 + 0.5 * 31) / 32)  # halfway down the long decay
+    assert f(100) == pytest.approx(1 / 32) and f(500) == pytest.approx(1 / 32)
+    rise, fall = [f(t) for t in range(11)], [f(t) for t in range(10, 101)]
+    assert rise == sorted(rise) and fall == sorted(fall, reverse=True)
+
+
+class StepLRs(Callback):
+    """Every optimizer group's (name, lr) at every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.steps.append({g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups})
+
+
+def _fit(strategy: Strategy, schedule, epochs: int, lr: float) -> StepLRs:
+    torch.manual_seed(0)
+    vectors = torch.randn(VOCAB, 8)
+    source = make_model().state_dict()
+    model = build_model(strategy, make_model, vectors, source)
+    ids, labels = torch.randint(2, VOCAB, (16, 7)), torch.randint(0, CLASSES, (16,))
+    rec = StepLRs()
+    module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, schedule=schedule)
+    fit_and_test(module, loader(ids, labels, 4, True), loader(ids, labels, 16, False), None,
+                 {"accelerator": "cpu", "deterministic": True}, max_epochs=epochs,
+                 patience=epochs, min_epochs=epochs,
+                 callbacks=[freeze_callback(strategy, model.blocks, lr), rec])
+    return rec
+
+
+def test_groups_added_by_gradual_unfreezing_follow_the_schedule():
+    """4 steps per epoch, 6 epochs: 24 steps; the encoder joins at epoch 2 (step 8), the
+    embedding at epoch 4 (step 16), at LR / 2 and / 4 (lr_decay 2), on the same curve."""
+    strategy = Strategy.from_config("g", {"unfreeze_every": 2, "lr_decay": 2.0}, TextCNN.blocks)
+    spec = {"name": "slanted_triangular", "cut_frac": 0.25, "ratio": 8}
+    rec = _fit(strategy, spec, epochs=6, lr=0.01)
+    f = slanted_triangular(24, 0.25, 8)
+    assert len(rec.steps) == 24
+    for step, lrs in enumerate(rec.steps):
+        assert lrs["head"] == pytest.approx(0.01 * f(step))
+        expected = {"head"} | ({"encoder"} if step >= 8 else set()) | (
+            {"embedding"} if step >= 16 else set())
+        assert set(lrs) == expected
+        if "encoder" in lrs:  # without follow_new_group it would stay at 0.005 while head moves
+            assert lrs["encoder"] == pytest.approx(0.005 * f(step))
+        if "embedding" in lrs:
+            assert lrs["embedding"] == pytest.approx(0.0025 * f(step))
+    assert len({round(s["encoder"], 12) for s in rec.steps[8:]}) > 10  # it really is scheduled
+
+
+def test_constant_schedule_keeps_every_group_at_its_lr():
+    rec = _fit(configured("gradual"), {"name": "constant"}, epochs=3, lr=0.01)
+    assert all(v == pytest.approx(0.01) for lrs in rec.steps for v in lrs.values())
+
+
+def test_constant_schedule_leaves_committed_study_identity_unchanged():
+    """train.schedule came after the committed studies: at its default (constant) it must not
+    change their identity, or `make strategies` could no longer resume into them."""
+    committed = json.loads((REPO / "results" / "movie_to_amazon_strategies" / "study.json")
+                           .read_text())["study_hash"]
+    assert study_hash(compose_config(["experiment=movie_to_amazon_strategies"])) == committed
+    assert study_hash(compose_config(["experiment=movie_to_amazon_strategies",
+                                      "train.schedule.name=slanted_triangular"])) != committed
