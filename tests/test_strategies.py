@@ -221,7 +221,7 @@ def test_l2sp_keeps_fine_tuned_weights_near_the_source(upstream):
         torch.manual_seed(7)
         model = build_model(strategy, make_model, vectors, source_state)
         _train(model, strategy, epochs=3, penalty=L2SP(model, alpha=alpha, beta=0.0))
-        drift[alpha] = float((model.encoder.convs[0].weight
+        drift[alpha] = float((model.encoder.convs[0].weight.detach()
                               - source_state["encoder.convs.0.weight"]).norm())
     assert drift[10.0] < 0.5 * drift[0.0]
 
