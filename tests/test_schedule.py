@@ -9,12 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import REPO
-from test_strategies import VOCAB, CLASSES, configured, make_model
+from test_strategies import VOCAB, _train, configured, make_model
 
 from bench.config import compose_config, study_hash
-from bench.lit import TextClassifier, fit_and_test, loader
 from bench.schedule import slanted_triangular
-from bench.strategies import Strategy, build_model, freeze_callback
+from bench.strategies import Strategy, build_model
 from bench.models.textcnn import TextCNN
 
 
@@ -40,18 +39,10 @@ class StepLRs(Callback):
 
 
 def _fit(strategy: Strategy, schedule, epochs: int, lr: float) -> StepLRs:
+    """16 examples in batches of 4: four optimizer steps per epoch."""
     torch.manual_seed(0)
-    vectors = torch.randn(VOCAB, 8)
-    source = make_model().state_dict()
-    model = build_model(strategy, make_model, vectors, source)
-    ids, labels = torch.randint(2, VOCAB, (16, 7)), torch.randint(0, CLASSES, (16,))
-    rec = StepLRs()
-    module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, schedule=schedule)
-    fit_and_test(module, loader(ids, labels, 4, True), loader(ids, labels, 16, False), None,
-                 {"accelerator": "cpu", "deterministic": True}, max_epochs=epochs,
-                 patience=epochs, min_epochs=epochs,
-                 callbacks=[freeze_callback(strategy, model.blocks, lr), rec])
-    return rec
+    model = build_model(strategy, make_model, torch.randn(VOCAB, 8), make_model().state_dict())
+    return _train(model, strategy, epochs, lr, schedule=schedule, recorder=StepLRs(), batch=4)
 
 
 def test_groups_added_by_gradual_unfreezing_follow_the_schedule():

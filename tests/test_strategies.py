@@ -151,13 +151,15 @@ class Recorder(Callback):
 
 
 def _train(model: TextCNN, strategy: Strategy, epochs: int, lr: float = 0.1,
-           penalty=None) -> Recorder:
+           penalty=None, schedule=None, recorder: Callback | None = None, batch: int = 8):
+    """Train on 16 random examples with the strategy's freezing; returns the recorder."""
     torch.manual_seed(0)
     ids = torch.randint(2, VOCAB, (16, 7))
     labels = torch.randint(0, CLASSES, (16,))
-    recorder = Recorder()
-    module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, penalty=penalty)
-    fit_and_test(module, loader(ids, labels, 8, True), loader(ids, labels, 16, False), None,
+    recorder = recorder or Recorder()
+    module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, penalty=penalty,
+                            schedule=schedule)
+    fit_and_test(module, loader(ids, labels, batch, True), loader(ids, labels, 16, False), None,
                  {"accelerator": "cpu", "deterministic": True}, max_epochs=epochs,
                  patience=epochs, min_epochs=epochs,
                  callbacks=[freeze_callback(strategy, model.blocks, lr), recorder])
