@@ -127,13 +127,12 @@ def report(argv: Sequence[str]) -> None:
                         help="also compare every strategy with this one (gains_vs_STRATEGY.md); "
                              "repeatable; the comparison with scratch is always made")
     args = parser.parse_args(argv)
-    against = ["scratch", *[a for a in (args.against or []) if a != "scratch"]]
     for d in args.dirs:
         if not d.is_dir():
             raise BenchError(f"{d} is not a study directory; give results/<study>")
     for d in args.dirs:
         out, text, notes = report_mod.write(d, args.metric, plots=not args.no_plots,
-                                            against=against)
+                                            against=args.against or ())
         print(f"## {d.name}\n\n{text}")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)

@@ -139,7 +139,7 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     plain.pop("hydra", None)
     # A constant LR is what every study did before train.schedule existed: leaving it out keeps
     # those studies' identity, so they resume and reproduce unchanged.
-    if (plain.get("train", {}).get("schedule") or {}).get("name", "constant") == "constant":
+    if schedule_mod.is_constant(plain.get("train", {}).get("schedule")):
         plain.get("train", {}).pop("schedule", None)
     for key in GRID_KEYS:
         parent, _, leaf = key.rpartition(".")

@@ -207,9 +207,9 @@ def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, 
     }
 
 
-def build(study_dir: Path, metric: str = "test_acc",
-          against: Iterable[str] = (REFERENCE,)) -> dict[str, str]:
-    """All table files as {name: text}; deterministic given the records."""
+def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()) -> dict[str, str]:
+    """All table files as {name: text}; deterministic given the records. Gains are always
+    against ``scratch`` (when the study has it) and also against each strategy in ``against``."""
     records = load_records(study_dir / RECORDS)
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
@@ -239,10 +239,10 @@ def build(study_dir: Path, metric: str = "test_acc",
     files["budget.md"] = (f"{name}: tuning and training budget per cell\n\n"
                           + _wide(cells, order, _budget_cell).to_markdown(disable_numparse=True) + "\n")
 
-    for reference in against:
-        if reference == REFERENCE and reference not in order:
-            continue  # a study without scratch simply has no gains.md
+    for reference in dict.fromkeys((REFERENCE, *against)):
         if reference not in order:
+            if reference == REFERENCE:
+                continue  # a study without scratch simply has no gains.md
             raise BenchError(f"--against {reference}: {name} has no records of that strategy; "
                              f"use one of {', '.join(order)}")
         stem = "gains" if reference == REFERENCE else f"gains_vs_{reference}"
@@ -266,7 +266,7 @@ def build(study_dir: Path, metric: str = "test_acc",
 
 
 def write(study_dir: Path, metric: str = "test_acc", plots: bool = True,
-          against: Iterable[str] = (REFERENCE,)) -> tuple[Path, str, list[str]]:
+          against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
     """Write the report folder; returns (folder, markdown to print, notes about skipped plots)."""
     files = build(study_dir, metric, against)
     out = study_dir / REPORT_DIR

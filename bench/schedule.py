@@ -19,6 +19,11 @@ from bench.errors import BenchError
 SCHEDULES = ("constant", "slanted_triangular")
 
 
+def is_constant(spec: Mapping[str, Any] | None) -> bool:
+    """No spec (configs older than ``train.schedule``) and ``name: constant`` mean a fixed LR."""
+    return spec is None or spec.get("name", "constant") == "constant"
+
+
 def check(spec: Mapping[str, Any] | None, where: str = "train.schedule") -> None:
     if spec is None:
         return
@@ -47,11 +52,9 @@ def slanted_triangular(total_steps: int, cut_frac: float, ratio: float) -> Calla
     return factor
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any] | None,
-                   total_steps: int) -> LambdaLR | None:
-    """The scheduler ``spec`` names (``None`` for a constant LR)."""
-    if spec is None or spec.get("name", "constant") == "constant":
-        return None
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any],
+                   total_steps: int) -> LambdaLR:
+    """The scheduler a non-constant ``spec`` names."""
     factor = slanted_triangular(total_steps, float(spec["cut_frac"]), float(spec["ratio"]))
     return LambdaLR(optimizer, factor)
 
