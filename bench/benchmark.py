@@ -163,16 +163,17 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int) -> Throug
 
 
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
-    """Seconds from a tuning trial's start to its first optimizer step (full fine-tuning, n=200)."""
-    from bench.sweep import NeuralMethod
+    """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
+    n=200, the first fold)."""
+    from bench.methods import NeuralMethod
 
     method = NeuralMethod(prep, cfg, Strategy("full", "network", "all"))
     out = []
     for rep in range(repeats + 1):
         clock = EpochClock()
         start = time.perf_counter()
-        method.fit({"train.max_epochs": 1, "train.min_epochs": 1}, 200, rep, test=False,
-                   callbacks=[clock])
+        method.select({"train.max_epochs": 1, "train.min_epochs": 1, "train.min_steps": 1}, 200,
+                      rep, first_callbacks=[clock])
         if rep:  # the first call pays one-off imports and allocator warm-up
             out.append(clock.first_step_at - start)
     return out
@@ -197,7 +198,7 @@ def time_default_study(extra: Sequence[str]) -> dict[str, Any]:
 
 def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         out_dir: Path) -> dict[str, Any]:
-    from bench.sweep import prepare
+    from bench.prepare import prepare
 
     quiet_lightning()
     cfg = config_mod.compose_config(["strategy=[full]", "baseline=none", "hpo=none", *overrides])

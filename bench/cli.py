@@ -3,6 +3,7 @@
     transfer-bench sweep [Hydra overrides] [-m] [--cfg job]   run (or resume) a study
     transfer-bench report DIR [DIR ...]                       tables from records; no Hydra
     transfer-bench data list | data fetch NAME                the dataset registry
+    transfer-bench data inspect [SOURCE] TARGET | --file F   check data before training
     transfer-bench reproduce DIR [--cells N | --all]         rerun recorded cells, compare
     transfer-bench benchmark [--study] [overrides]            suite vs plain PyTorch speed
 
@@ -149,18 +150,81 @@ def data(argv: Sequence[str]) -> None:
     fetch = sub.add_parser("fetch", help="download, verify, extract and parse datasets")
     fetch.add_argument("names", nargs="+")
     fetch.add_argument("--cache", default=None, help="cache folder (default ~/.cache/transfer-bench)")
+    check = sub.add_parser(
+        "inspect", help="check data before training: dropped rows, classes per split, "
+                        "duplicates and leakage, lengths, sizes; exit 2 on errors")
+    check.add_argument("names", nargs="*", metavar="NAME",
+                       help="registry datasets: SOURCE TARGET, or a TARGET alone (with --file: "
+                            "the source)")
+    check.add_argument("--file", type=Path, help="your own CSV/TSV/JSONL file as the target")
+    check.add_argument("--text-column", default="text")
+    check.add_argument("--label-column", default="label")
+    check.add_argument("--split-column", default=None, help="column of train / val / test")
+    check.add_argument("--delimiter", default=None, help="e.g. ';' or '\\t' (default: detected)")
+    check.add_argument("--sizes", nargs="+", default=None,
+                       help="target training sizes to check (default: the config's data.sizes)")
+    check.add_argument("--max-len", type=int, default=None,
+                       help="the target's max_len in tokens (default: its dataset config)")
+    check.add_argument("--cache", default=None, help="cache folder (default ~/.cache/transfer-bench)")
     args = parser.parse_args(argv)
     if args.verb == "list":
         for name, (pkg, _, about) in sorted(REGISTRY.items()):
             print(f"{name:16} {pkg.spec:28} {about}")
         return
     cache = cache_root(args.cache)
+    if args.verb == "inspect":
+        _inspect(args, cache)
+        return
     for name in args.names:
         ds = load_dataset({"name": name}, cache)
         counts = {c: int((ds.labels == i).sum()) for i, c in enumerate(ds.classes)}
         print(f"{name}: {len(ds)} texts, {len(ds.classes)} classes {counts}")
         for fname, path in ds.files.items():
             print(f"  {fname}: {path}")
+
+
+def _inspect(args: argparse.Namespace, cache: Path) -> None:
+    """``data inspect``: print the report; errors end in one line and exit status 2."""
+    from omegaconf import OmegaConf
+
+    from bench.config import config_dir
+    from bench.data.inspect import format_report, inspect_configs
+
+    def dataset_cfg(name: str) -> dict:
+        path = config_dir() / "dataset" / f"{name}.yaml"
+        defaults = OmegaConf.to_container(OmegaConf.load(config_dir() / "dataset" / "file.yaml"))
+        split_keys = {k: defaults[k] for k in ("max_len", "test_size", "val_size")}
+        return {**split_keys, **(OmegaConf.to_container(OmegaConf.load(path))
+                                 if path.is_file() else {"name": name})}
+
+    names = list(args.names)
+    if "file" in names:
+        raise BenchError("for your own data use --file PATH (with --text-column, --label-column)")
+    if args.file is not None:
+        target = {**dataset_cfg("file"), "path": str(args.file), "text_column": args.text_column,
+                  "label_column": args.label_column, "split_column": args.split_column,
+                  "delimiter": args.delimiter}
+        if len(names) > 1:
+            raise BenchError("with --file give at most one NAME, the source dataset")
+        source = dataset_cfg(names[0]) if names else None
+    else:
+        if not 1 <= len(names) <= 2:
+            raise BenchError("give one dataset (the target) or two (source, target), or --file PATH")
+        target = dataset_cfg(names[-1])
+        source = dataset_cfg(names[0]) if len(names) == 2 else None
+    if args.max_len is not None:
+        if args.max_len < 1:
+            raise BenchError(f"--max-len {args.max_len}; give a positive number of tokens")
+        target["max_len"] = args.max_len
+    raw = args.sizes or [str(s) for s in OmegaConf.load(config_dir() / "config.yaml").data.sizes]
+    sizes: list[int | str] = []
+    for s in raw:
+        if s != "all" and not (s.isdigit() and int(s) > 0):
+            raise BenchError(f"--sizes has {s!r}; sizes are positive integers or 'all'")
+        sizes.append(s if s == "all" else int(s))
+    result = inspect_configs(source, target, sizes, cache)
+    print(format_report(result))
+    result.raise_for_errors()
 
 
 def reproduce(argv: Sequence[str]) -> None:

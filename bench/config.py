@@ -17,12 +17,17 @@ from bench.cache import stable_hash
 from bench import schedule as schedule_mod
 from bench.errors import BenchError
 from bench.models.textcnn import TextCNN
+from bench.protocol import Protocol
 from bench.strategies import Strategy
 
 # Keys that pick *which* cells run or *where* they run; they never change a cell's result, so a
 # study may be extended or re-run with other values and still append to the same records.
-GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer", "paths", "progress", "hpo.storage",
-             "hpo.worker_id", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
+# ``strategy`` selects cells, but each strategy's definition is part of its cell's identity
+# (:func:`cell_hash`), and a study refuses a redefined strategy under an old name. Precision and
+# determinism change results, so only the accelerator and device count are grid keys.
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer.accelerator", "trainer.devices", "paths",
+             "progress", "hpo.storage", "hpo.worker_id", "hpo.heartbeat_interval",
+             "hpo.grace_period", "hpo.max_retry")
 
 
 def config_dir() -> Path:
@@ -81,9 +86,20 @@ def check(cfg: DictConfig) -> None:
     for key in ("train.lr", "source.lr"):
         _positive(cfg, key)
     for key in ("train.batch_size", "train.min_epochs", "train.max_epochs", "train.patience",
-                "source.batch_size", "source.min_epochs", "source.max_epochs", "source.patience",
-                "model.embedding_dim", "model.maps"):
+                "train.min_steps", "source.batch_size", "source.min_epochs", "source.max_epochs",
+                "source.patience", "model.embedding_dim", "model.maps"):
         _positive(cfg, key, int)
+    if cfg.train.min_epochs > cfg.train.max_epochs:
+        raise BenchError(f"train.min_epochs={cfg.train.min_epochs} exceeds train.max_epochs="
+                         f"{cfg.train.max_epochs}")
+    windows = list(cfg.model.windows) if OmegaConf.is_list(cfg.model.windows) else None
+    if not windows or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in windows):
+        raise BenchError(f"model.windows={cfg.model.windows!r}; give a list of window widths "
+                         ">= 1, e.g. [3,4,5]")
+    protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True))
+    if protocol.name == "budget" and cfg.hpo.mode == "pareto":
+        raise BenchError("hpo.mode=pareto searches sizes on the validation split; run it with "
+                         "protocol=fixed_val")
     for key in ("train.weight_decay", "source.weight_decay"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or value < 0:
@@ -152,3 +168,16 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
 
 def study_hash(cfg: DictConfig) -> str:
     return stable_hash(study_identity(cfg))
+
+
+def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
+    """Each selected strategy's whole definition, as composed (its tuned ``space`` included)."""
+    selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
+    return {name: spec or {} for name, spec in selected.items()}
+
+
+def cell_hash(cfg: DictConfig, name: str) -> str:
+    """The identity of one strategy's cells: the study's identity plus the strategy's
+    definition. Records and Optuna study names carry it, so nothing made under another
+    definition or configuration (on a shared storage too) is ever mixed in."""
+    return stable_hash([study_hash(cfg), name, strategy_definitions(cfg).get(name)])

@@ -59,11 +59,11 @@ def run_pareto(methods: list[Any], cfg: DictConfig, prep: Any, storage: Any, out
             params = tune_mod.suggest(trial, method.space)
             trial.set_user_attr("params", params)
             try:
-                fit = method.fit(params, n, int(hpo.seed), test=False)
+                chosen = method.select(params, n, int(hpo.seed))
             except Diverged as exc:  # multi-objective trials cannot be pruned: score it as 0
                 trial.set_user_attr("diverged", str(exc))
                 return 0.0, float(n)
-            return fit.metrics["val_acc"], float(n)
+            return chosen.score, float(n)
 
         console.print(f"pareto search: {method.name}, {hpo.pareto.n_trials} trials")
         tune_mod.run_trials(study, objective, int(hpo.pareto.n_trials), hpo.timeout)

@@ -30,7 +30,7 @@ class SourceModel:
 
 # Bump when the training loop changes what a source model comes out as (batching, optimizer):
 # cached models from an older recipe are then retrained rather than silently reused.
-RECIPE = 2
+RECIPE = 3  # 3: checkpoint on validation loss, padding-masked max pooling
 
 
 def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: torch.Tensor | None,

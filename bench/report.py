@@ -19,6 +19,7 @@ Optuna trials read the study's storage and are skipped (with a note) when it is 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,9 +29,11 @@ import pandas as pd
 from bench import stats
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
-from bench.results import RECORDS, hpo_table, load_records
+from bench.results import RECORDS, hpo_table, load_records, record_problems
 
 REPORT_DIR = "report"
+LEGACY = "fixed_val (legacy)"  # records from before the protocol field: validation split, vocabulary
+                               # from all texts, one tuning per cell on its own subset
 REFERENCE = "scratch"
 ALPHA = 0.05
 
@@ -47,12 +50,28 @@ def _order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
     return sorted(set(names), key=lambda s: (s.startswith("tfidf"), first.get(s, 0), s))
 
 
-def frame(records: list[dict[str, Any]], metric: str) -> pd.DataFrame:
+def legacy_validation(study_dir: Path) -> int:
+    """The validation labels of a study whose records predate the ``labels`` field: the target's
+    ``val_size`` in ``study.json`` when it is a count, else 0 (then the table says so)."""
+    try:
+        info = json.loads((study_dir / "study.json").read_text())
+        val = info["config"]["data"]["target"]["val_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return int(val) if isinstance(val, int) and not isinstance(val, bool) else 0
+
+
+def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0) -> pd.DataFrame:
     rows = []
     for r in records:
         if metric not in r["metrics"]:
             continue
+        labels = r.get("labels") or {"total": r["n_train"] + legacy_val}
         rows.append({"strategy": r["strategy"], "size": str(r["size"]), "n_train": r["n_train"],
+                     "labels": int(labels.get("total", r["n_train"])),
+                     "protocol": r.get("protocol", LEGACY),
+                     "flags": ",".join(r.get("flags") or []),
+                     "tuning_study": (r.get("hpo") or {}).get("study_name"),
                      "seed": int(r["seed"]), "score": float(r["metrics"][metric]),
                      "fit_seconds": float(r.get("seconds") or 0.0),
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
@@ -70,12 +89,17 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     for (strategy, size), g in df.groupby(["strategy", "size"], sort=False):
         scores = g.sort_values("seed")["score"].to_numpy()
         low, high = stats.bootstrap_ci(scores)
+        # One tuning per replicate (current protocols) or one shared by all seeds (older studies).
+        tunings = g.drop_duplicates("tuning_study") if g["tuning_study"].notna().all() else g[:1]
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),
+                     "labels": int(g["labels"].iloc[0]),
                      "seeds": len(scores), "mean": scores.mean(),
                      "std": scores.std(ddof=1) if len(scores) > 1 else 0.0,
                      "ci_low": low, "ci_high": high,
-                     "trials": g["trials"].iloc[0], "pruned": g["pruned"].iloc[0],
-                     "minutes": (g["tune_seconds"].iloc[0] + g["fit_seconds"].sum()) / 60,
+                     "trials": tunings["trials"].sum(min_count=1),
+                     "pruned": tunings["pruned"].sum(min_count=1),
+                     "minutes": (tunings["tune_seconds"].sum() + g["fit_seconds"].sum()) / 60,
+                     "flagged": int((g["flags"] != "").sum()),
                      "device": g["device"].iloc[0]})
     cells = pd.DataFrame(rows)
     cells["best"] = False
@@ -116,7 +140,7 @@ def _tex_cell(c: pd.Series) -> str:
 def _budget_cell(c: pd.Series) -> str:
     unit = "GPU" if "nvidia" in str(c["device"]).lower() or "cuda" in str(c["device"]).lower() \
         else "CPU"
-    if c["trials"] is None or (isinstance(c["trials"], float) and math.isnan(c["trials"])):
+    if c["trials"] is None or pd.isna(c["trials"]) or c["trials"] == 0:
         return f"untuned, {c['minutes']:.1f} {unit}-min"
     return f"{int(c['trials'])} trials ({int(c['pruned'])} pruned), {c['minutes']:.1f} {unit}-min"
 
@@ -157,10 +181,11 @@ def gains_table(df: pd.DataFrame, order: list[str], reference: str = REFERENCE) 
 
 def efficiency_table(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Labels scratch needs to match each cell, and that as a multiple of the cell's labels."""
-    ref = cells[cells["strategy"] == REFERENCE].sort_values("n_train")
+    ref = cells[cells["strategy"] == REFERENCE].sort_values("labels")
     if len(ref) < 2:
         return pd.DataFrame()
-    sizes, scores = ref["n_train"].tolist(), ref["mean"].tolist()
+    # Every label counts, validation labels included (under fixed_val a cell of n uses n + val).
+    sizes, scores = ref["labels"].tolist(), ref["mean"].tolist()
     rows = []
     for _, c in cells.iterrows():
         if c["strategy"] == REFERENCE:
@@ -168,17 +193,43 @@ def efficiency_table(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         need = stats.labels_needed(sizes, scores, c["mean"])
         if need is None:
             text = f"> {sizes[-1]} (more than measured)"
-            ratio = f"> {sizes[-1] / c['n_train']:.1f}x"
-        elif need <= sizes[0] and c["n_train"] >= sizes[0]:
+            ratio = f"> {sizes[-1] / c['labels']:.1f}x"
+        elif need <= sizes[0] and c["labels"] >= sizes[0]:
             text = f"<= {sizes[0]}"
-            ratio = f"<= {sizes[0] / c['n_train']:.1f}x"
+            ratio = f"<= {sizes[0] / c['labels']:.1f}x"
         else:
             text = f"{need:.0f}"
-            ratio = f"{need / c['n_train']:.1f}x"
-        rows.append({"strategy": c["strategy"], "size": c["size"], "n_train": c["n_train"],
+            ratio = f"{need / c['labels']:.1f}x"
+        rows.append({"strategy": c["strategy"], "size": c["size"], "labels used": c["labels"],
                      "score": round(c["mean"], 4), "scratch labels to match": text,
                      "label multiple": ratio})
     return pd.DataFrame(rows)
+
+
+def protocol_line(df: pd.DataFrame) -> str:
+    """What every table must say: the protocol and the labels a cell really used."""
+    parts = []
+    for protocol, g in df.groupby("protocol", sort=True):
+        extra = (g["labels"] - g["n_train"]).max()
+        if protocol == LEGACY and extra == 0:
+            used = "n + the fixed validation split (its size not recorded)"
+        else:
+            used = "n (training and selection)" if extra == 0 else f"n + {extra} validation"
+        parts.append(f"Protocol {protocol}: labels per cell = {used}.")
+    return " ".join(parts)
+
+
+def flags_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells with flagged fits, one row per (strategy, size, flag set)."""
+    flagged = df[df["flags"] != ""]
+    if flagged.empty:
+        return pd.DataFrame()
+    rows = [{"strategy": st, "size": sz, "flags": fl,
+             "seeds": ", ".join(str(s) for s in sorted(g["seed"]))}
+            for (st, sz, fl), g in flagged.groupby(["strategy", "size", "flags"], sort=False)]
+    out = pd.DataFrame(rows)
+    out["_k"] = out["size"].map(_size_key)
+    return out.sort_values(["_k", "strategy"]).drop(columns="_k").reset_index(drop=True)
 
 
 def _fmt_p(p: float) -> str:
@@ -213,7 +264,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     records = load_records(study_dir / RECORDS)
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
-    df = frame(records, metric)
+    df = frame(records, metric, legacy_validation(study_dir))
     order = _order(df["strategy"], records)
     cells = cell_table(df, order)
     name = study_dir.name
@@ -223,6 +274,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     seeds = sorted(df["seed"].unique())
     files["table.md"] = (
         f"{name}: {metric}, mean ± std [95% bootstrap CI of the mean] (seeds)\n\n"
+        + protocol_line(df) + "\n\n"
         + wide.to_markdown(disable_numparse=True) + "\n\n"
         f"Best mean per size in **bold**; *italic* = its CI overlaps the best's CI (tied). "
         f"Seeds {', '.join(map(str, seeds))}; percentile bootstrap, {stats.RESAMPLES} resamples.\n")
@@ -236,6 +288,15 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         hrules=True, column_format="l" + "c" * tex.shape[1],
         caption=f"{name.replace('_', ' ')}: {metric.replace('_', ' ')}, mean $\\pm$ std over "
                 f"{len(seeds)} seeds, 95\\% bootstrap CI; best in bold, tied underlined.")
+    flags = flags_table(df)
+    if not flags.empty:
+        files["table.md"] += ("\nFlagged fits (at_cap: best held-out score at the last round "
+                              "allowed, still improving; below_majority: best held-out accuracy "
+                              "under the majority-class rate), see flags.md: "
+                              + "; ".join(f"{r.strategy} n={r.size}: {r.flags} ({r.seeds})"
+                                          for r in flags.itertuples()) + "\n")
+        files["flags.md"] = (f"{name}: flagged fits\n\n"
+                             + flags.to_markdown(index=False, disable_numparse=True) + "\n")
     files["budget.md"] = (f"{name}: tuning and training budget per cell\n\n"
                           + _wide(cells, order, _budget_cell).to_markdown(disable_numparse=True) + "\n")
 
@@ -267,16 +328,17 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
 
 def write(study_dir: Path, metric: str = "test_acc", plots: bool = True,
           against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
-    """Write the report folder; returns (folder, markdown to print, notes about skipped plots)."""
+    """Write the report folder; returns (folder, markdown to print, notes: unreadable record
+    lines, skipped plots)."""
     files = build(study_dir, metric, against)
     out = study_dir / REPORT_DIR
     for name, text in files.items():
         atomic_write_text(out / name, text)
-    notes: list[str] = []
+    notes: list[str] = record_problems(study_dir / RECORDS)
     if plots:
         from bench import plots as plots_mod
 
-        notes = plots_mod.write_all(study_dir, out, metric)
+        notes += plots_mod.write_all(study_dir, out, metric)
     gains = ["gains.md"] + sorted(k for k in files if k.startswith("gains_vs_") and k.endswith(".md"))
     shown = [files[k] for k in ("table.md", *gains, "efficiency.md", "budget.md", "tuning.md")
              if k in files]

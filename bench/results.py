@@ -48,21 +48,46 @@ def _last_byte(path: Path) -> bytes:
         return fh.read(1)
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """All complete records; torn or blank lines are skipped, duplicates keep the first."""
+def load_records(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """All complete records; blank lines skipped, duplicates keep the first.
+
+    A torn last line (no newline: a writer killed mid-write) is dropped silently. Every other
+    line that is not a record is dropped too, but, when ``problems`` is given, appended to it
+    as ``"records.jsonl line N: why"``: silently losing a record would bias the tables.
+    """
     if not path.exists():
         return []
-    out, seen = [], set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    torn = len(lines) - 1 if lines[-1] else None  # the last line, unless the file ends in "\n"
+    out, seen = [], {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        why = None
         try:
             record = json.loads(line)
             key = record_key(record)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        if key not in seen:
-            seen.add(key)
-            out.append(record)
+        except json.JSONDecodeError:
+            cut = line.lstrip().startswith("{") and not line.rstrip().endswith("}")
+            why = "cut off (an interrupted write)" if cut else "not JSON"
+        except (KeyError, TypeError, ValueError, AttributeError):
+            why = "not a record (needs strategy, size and seed)"
+        else:
+            if key in seen:
+                why = f"a second record for {key}, ignored (line {seen[key]} is kept)"
+            else:
+                seen[key] = number
+                out.append(record)
+        if why and problems is not None and number - 1 != torn:
+            problems.append(f"{path.name} line {number}: {why}")
     return out
+
+
+def record_problems(path: Path) -> list[str]:
+    """The lines of a records file that :func:`load_records` could not use, one note each."""
+    problems: list[str] = []
+    load_records(path, problems)
+    return problems
 
 
 def _size_order(size: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ and is closed at once instead of run.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import statistics
 import time
 import warnings
@@ -26,6 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from bench.errors import BenchError
+from bench.redact import redact_text
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -80,20 +82,34 @@ def _open_rdb(url: str, hpo: Mapping[str, Any], attempts: int = 3) -> RDBStorage
             if "IntegrityError" not in type(exc).__name__ and "already exists" not in str(exc):
                 break
             time.sleep(0.5 + attempt)
-    safe = url.split("@")[-1]
+    safe = redact_text(url)
     raise BenchError(f"cannot open the Optuna storage {safe!r} ({type(error).__name__}: "
                      f"{str(error).splitlines()[0][:150]}); check hpo.storage")
+
+
+PRUNERS = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
+           "hyperband": optuna.pruners.HyperbandPruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
+# Keys of the default pruner config (conf/hpo/tpe.yaml). ``n_warmup_steps`` is also the suite's
+# own warm-up (the pruning callback is silent before it), so a pruner without these arguments
+# simply does not receive them; any other argument it does not take is an error.
+_SHARED = ("n_startup_trials", "n_warmup_steps")
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
     spec = dict(spec or {"name": "none"})
     name = spec.pop("name", "none")
-    pruners = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
-               "hyperband": optuna.pruners.HyperbandPruner,
-               "successive_halving": optuna.pruners.SuccessiveHalvingPruner}
-    if name not in pruners:
-        raise BenchError(f"hpo.pruner.name={name!r}; use one of {', '.join(pruners)}")
-    return pruners[name](**spec) if name != "none" else pruners[name]()
+    if name not in PRUNERS:
+        raise BenchError(f"hpo.pruner.name={name!r}; use one of {', '.join(PRUNERS)}")
+    accepted = set(inspect.signature(PRUNERS[name]).parameters)
+    bad = sorted(k for k in spec if k not in accepted and k not in _SHARED)
+    if bad:
+        raise BenchError(f"hpo.pruner.{bad[0]} is not an argument of the {name} pruner; it takes "
+                         f"{', '.join(sorted(accepted)) or 'none'}")
+    try:
+        return PRUNERS[name](**{k: v for k, v in spec.items() if k in accepted})
+    except (TypeError, ValueError) as exc:
+        raise BenchError(f"hpo.pruner ({name}): {exc}") from None
 
 
 def suggest(trial: Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ def test_vocab_is_ordered_by_frequency_then_alphabet_with_pad_and_unk_first():
 def test_tensorize_pads_caps_and_maps_unknowns(tmp_path):
     vocab = Vocab.build([["a b c"]])
     ids = tensorize(["a b c d", "c", ""], vocab, max_len=3)
-    assert ids.tolist() == [[2, 3, 4, 0, 0], [4, 0, 0, 0, 0], [0, 0, 0, 0, 0]]  # min width 5
+    assert ids.tolist() == [[2, 3, 4], [4, 0, 0], [0, 0, 0]]  # the model pads to its windows
     assert tensorize(["a " * 10], vocab, max_len=7).shape == (1, 7)
     assert tensorize(["d e"], vocab, max_len=7)[0, :2].tolist() == [1, 1]
 

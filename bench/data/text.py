@@ -48,10 +48,10 @@ class Vocab:
         return stable_hash(self.words)
 
 
-def tensorize(texts: Sequence[str], vocab: Vocab, max_len: int, min_len: int = 5) -> torch.Tensor:
+def tensorize(texts: Sequence[str], vocab: Vocab, max_len: int, min_len: int = 1) -> torch.Tensor:
     """Padded id matrix ``[len(texts), L]``; ``L`` is the longest text, capped at ``max_len``.
 
-    ``min_len`` keeps at least as many columns as the widest convolution window.
+    Models that need a minimum width (a convolution window) pad for themselves.
     """
     index = vocab.index
     rows = [[index.get(t, 1) for t in tokenize(text)][:max_len] for text in texts]

@@ -1,0 +1,218 @@
+"""Methods a cell can run, behind one small interface: score a setting, then fit it for real.
+
+``select(params, n, seed)`` scores a setting inside the protocol (k-fold CV inside the n
+labels, or the fixed validation split) and says how many rounds training should last;
+``final(params, n, seed, rounds)`` trains on the n labels and evaluates once on test. A neural
+method is a transfer strategy applied to the TextCNN; the baseline is TF-IDF + logistic
+regression on the same subsets and folds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import lightning.pytorch as L
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bench import baseline
+from bench import config as config_mod
+from bench.data.splits import training_subset
+from bench.lit import (EVAL_BATCH, TextClassifier, fit_and_test, passes_per_round)
+from bench.models.textcnn import TextCNN
+from bench.prepare import Prepared, trainer_kwargs
+from bench.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
+
+
+def with_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
+    """A copy of ``cfg`` with tuned values set at their config paths."""
+    cell = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    for path, value in params.items():
+        OmegaConf.update(cell, path, value, merge=False)
+    return cell
+
+
+@dataclass
+class Fit:
+    metrics: dict[str, float]
+    epochs: int | None             # rounds run, all phases
+    best_epoch: int | None
+    seconds: float
+    diverged: str | None = None
+    rounds: list[int] | None = None  # best round per phase (LP-FT has two phases)
+    at_cap: bool = False
+    test_predictions: np.ndarray | None = None
+
+
+@dataclass
+class Selection:
+    """A setting's score inside the protocol, and the training length it chose."""
+
+    score: float                      # mean held-out accuracy over the selection splits
+    rounds: list[int] | None          # median best round per phase over the splits
+    at_cap: bool                      # some split ended at max rounds still improving
+    majority: float                   # majority-class rate of the held-out labels
+    fold_scores: list[float] = field(default_factory=list)
+    epochs: int = 0
+    seconds: float = 0.0
+
+
+def majority_rate(labels: np.ndarray) -> float:
+    return float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan")
+
+
+class _Method:
+    """What every method shares: the cell's subset and the protocol's splits of it."""
+
+    name: str
+    prep: Prepared
+
+    def subset(self, n: int, seed: int) -> np.ndarray:
+        target = self.prep.target
+        return training_subset(target.data.labels, target.splits.pool, n, seed)
+
+    def select(self, params: dict[str, Any], n: int, seed: int,
+               first_callbacks: Sequence[Any] = ()) -> Selection:
+        """Score ``params`` on the protocol's selection splits; ``first_callbacks`` (the
+        pruner's) watch the first split only, so every trial is judged on the same data."""
+        target = self.prep.target
+        splits = self.prep.protocol.selection_splits(target.data.labels, self.subset(n, seed),
+                                                     target.splits.val, seed)
+        fits = [self._fit(params, train, held_out, seed, test=False,
+                          callbacks=first_callbacks if i == 0 else ())
+                for i, (train, held_out) in enumerate(splits)]
+        rounds = None
+        if fits[0].rounds is not None:
+            rounds = [int(round(statistics.median(f.rounds[p] for f in fits)))
+                      for p in range(len(fits[0].rounds))]
+        held = np.concatenate([h for _, h in splits])
+        scores = [f.metrics["val_acc"] for f in fits]
+        return Selection(float(np.mean(scores)), rounds, any(f.at_cap for f in fits),
+                         majority_rate(target.data.labels[held]), scores,
+                         sum(f.epochs or 0 for f in fits), sum(f.seconds for f in fits))
+
+    def final(self, params: dict[str, Any], n: int, seed: int,
+              rounds: list[int] | None = None) -> Fit:
+        """Train on the n labels (length from ``rounds`` or the fixed validation split); test."""
+        target = self.prep.target
+        val = self.prep.protocol.final_validation(target.splits.val)
+        return self._fit(params, self.subset(n, seed), val, seed, test=True,
+                         rounds=None if val is not None else rounds)
+
+    def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
+             seed: int, test: bool, rounds: list[int] | None = None,
+             callbacks: Sequence[Any] = ()) -> Fit:
+        raise NotImplementedError
+
+
+class NeuralMethod(_Method):
+    """A transfer strategy applied to the TextCNN."""
+
+    def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy) -> None:
+        self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
+        self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
+                      **dict(strategy.space)}  # a strategy may tune its own keys too
+        self.prunes = True
+
+    def _fit(self, params: dict[str, Any], train_idx: np.ndarray, val_idx: np.ndarray | None,
+             seed: int, test: bool, rounds: list[int] | None = None,
+             callbacks: Sequence[Any] = ()) -> Fit:
+        prep = self.prep
+        cell = with_params(self.cfg, params)
+        # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
+        strategy = Strategy.from_config(
+            self.name, OmegaConf.to_container(cell.strategy[self.name], resolve=True) or {},
+            TextCNN.blocks)
+        target = prep.target
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
+                            prep.source_model.state_dict if prep.source_model else None)
+        blocks, lr, bs = model.blocks, float(cell.train.lr), int(cell.train.batch_size)
+        max_rounds = int(cell.train.max_epochs)
+        passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
+        train = target.loader(train_idx, bs, True, seed, passes)
+        val = None if val_idx is None else target.loader(val_idx, EVAL_BATCH)
+        run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,
+                   patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs))
+        phases = list(rounds) if rounds else None  # fixed lengths: no validation at all
+        penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
+                   if strategy.l2sp else None)
+        schedule = config_mod.schedule_spec(cell)
+        epochs, chosen = 0, []
+        if strategy.lp_ft:  # phase 1, linear probing: the head alone
+            probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
+                                   strategy, penalty, schedule)
+            head_only = FreezeBlocks([b for b in blocks if b != "head"])
+            first = fit_and_test(probe, train, val, val, callbacks=[head_only],
+                                 **{**run, **({"max_epochs": phases[0]} if phases else {})})
+            model.load_state_dict(first.state_dict)  # phase 2 starts from the best head
+            epochs, lr = first.epochs, lr * float(strategy.lp_ft["ft_lr_mult"])
+            chosen.append(first.best_epoch)
+            phases = phases[1:] if phases else None
+        module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
+                                strategy, penalty, schedule)
+        result = fit_and_test(module, train, val,
+                              target.loader(target.splits.test, EVAL_BATCH) if test else None,
+                              callbacks=[freeze_callback(strategy, blocks, lr), *callbacks],
+                              **{**run, **({"max_epochs": phases[0]} if phases else {})})
+        chosen.append(result.best_epoch)
+        return Fit(result.metrics, epochs + result.epochs, epochs + result.best_epoch,
+                   result.seconds, result.diverged, chosen, result.at_cap,
+                   result.test_predictions)
+
+    def describe(self) -> dict[str, Any]:
+        prep, blocks = self.prep, TextCNN.blocks
+        return {
+            "strategy_spec": {"transfer": self.strategy.transfer,
+                              "trainable": self.strategy.trainable_blocks(blocks),
+                              "lr_mult": dict(self.strategy.lr_mult),
+                              **{k: getattr(self.strategy, k) for k in (
+                                  "lr_decay", "unfreeze_every", "lp_ft", "l2sp")
+                                 if getattr(self.strategy, k) not in (None, 1.0)}},
+            "source": None if prep.source_model is None or self.strategy.transfer != "network"
+            else {"key": prep.source_model.key, **prep.source_model.metrics},
+            "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {
+                "description": prep.vectors.description, "coverage": prep.coverage},
+        }
+
+
+class BaselineMethod(_Method):
+    """TF-IDF + logistic regression on the same subsets and folds (see :mod:`bench.baseline`)."""
+
+    name = baseline.NAME
+    prunes = False
+
+    def __init__(self, prep: Prepared, cfg: DictConfig) -> None:
+        self.prep = prep
+        self.settings = OmegaConf.to_container(cfg.baseline, resolve=True)
+        self.space = self.settings.get("space", {})
+
+    def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
+             seed: int, test: bool, rounds: list[int] | None = None,
+             callbacks: Sequence[Any] = ()) -> Fit:
+        target = self.prep.target
+        start = time.perf_counter()
+        pipeline = baseline.fit(target.data.texts, target.data.labels, train,
+                                float(params.get("C", self.settings["C"])), self.settings, seed)
+        metrics: dict[str, float] = {}
+        if val is not None:
+            metrics.update(baseline.scores(pipeline, target.data.texts, target.data.labels,
+                                           val, "val")[0])
+        predictions = None
+        if test:
+            scores, predictions = baseline.scores(pipeline, target.data.texts,
+                                                  target.data.labels, target.splits.test, "test")
+            metrics.update(scores)
+        return Fit(metrics, None, None, time.perf_counter() - start,
+                   test_predictions=predictions)
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy_spec": {"baseline": self.settings["name"],
+                                  "ngram_max": self.settings["ngram_max"]},
+                "source": None, "vectors": None}
+
+
+Method = NeuralMethod | BaselineMethod

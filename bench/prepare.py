@@ -1,0 +1,163 @@
+"""Preparation, once per process: data and fixed splits, vocabulary, vectors, the source model.
+
+Inductive by default: the vocabulary, a word2vec corpus drawn from the study's data and so the
+cached source model are built from the training pools only (source pool, target pool). Test and
+validation texts are read to be scored, nothing else; ``protocol.transductive=true`` is the
+explicit, recorded opt-out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from bench import manifest as manifest_mod
+from bench.cache import cache_root
+from bench.data.inspect import inspect_data
+from bench.data.sources import LabelledTexts, load_dataset
+from bench.data.task import Task, make_task, split
+from bench.data.text import Vocab
+from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
+from bench.errors import BenchError
+from bench.pretrain import SourceModel, pretrain_source
+from bench.protocol import Protocol
+from bench.strategies import Strategy
+
+
+@dataclass
+class Prepared:
+    """Everything a cell needs, loaded once per process and shared by all cells."""
+
+    vocab: Vocab
+    source: Task
+    target: Task
+    vectors: Vectors | None
+    matrix: torch.Tensor | None
+    coverage: dict[str, float]
+    source_model: SourceModel | None
+    make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
+    protocol: Protocol
+
+
+def training_texts(data: LabelledTexts, pool: np.ndarray, protocol: Protocol) -> list[str]:
+    """The texts preparation may learn from: the training pool, or all under transductive."""
+    return list(data.texts) if protocol.transductive else [data.texts[i] for i in pool]
+
+
+def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
+            console: Console | None = None) -> Prepared:
+    """Load data, vectors and the source model once; every size is checked before any training."""
+    cache = cache_root(cfg.paths.cache)
+    protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True)
+                                    if "protocol" in cfg else None)
+    source_data = load_dataset(OmegaConf.to_container(cfg.data.source, resolve=True), cache)
+    target_data = load_dataset(OmegaConf.to_container(cfg.data.target, resolve=True), cache)
+    seed = int(cfg.data.split_seed)
+    source_splits = split(source_data, cfg.data.source, seed)
+    target_splits = split(target_data, cfg.data.target, seed)
+    checked = inspect_data(source_data, target_data, target_splits=target_splits,
+                           target_max_len=int(cfg.data.target.max_len),
+                           source_splits=source_splits,
+                           source_max_len=int(cfg.data.source.max_len), sizes=sizes,
+                           folds=max(protocol.folds, 1))
+    checked.raise_for_errors()  # data that cannot support the study: one line, nothing trained
+    for warning in checked.warnings:
+        if console:
+            console.print(f"data warning: {warning}")
+    source_texts = training_texts(source_data, source_splits.pool, protocol)
+    target_texts = training_texts(target_data, target_splits.pool, protocol)
+    # Every word the training pools use: words seen only in test texts map to <unk>.
+    vocab = Vocab.build([source_texts, target_texts])
+    source = make_task(source_data, cfg.data.source, vocab, source_splits, cache)
+    target = make_task(target_data, cfg.data.target, vocab, target_splits, cache)
+    for size in sizes:
+        protocol.check_size(resolve_size(size, target), f"data.sizes has {size}")
+
+    def make_model(model_cfg: Any) -> torch.nn.Module:
+        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=target.num_classes,
+                           _convert_="all")
+
+    transfers = {s.transfer for s in strategies}
+    vectors = matrix = None
+    cover: dict[str, float] = {}
+    if transfers & {"vectors", "network"} and cfg.embeddings.kind != "none":
+        corpora = {"source": lambda: source_texts, "target": lambda: target_texts,
+                   "newsgroups": lambda: _newsgroups_train(cache)}
+        vectors = load_vectors(OmegaConf.to_container(cfg.embeddings, resolve=True), cache, corpora)
+        if vectors.dim != cfg.model.embedding_dim:
+            raise BenchError(f"the word vectors have dimension {vectors.dim} but "
+                             f"model.embedding_dim={cfg.model.embedding_dim}; set "
+                             f"model.embedding_dim={vectors.dim}")
+        matrix = embedding_matrix(vectors, vocab, int(cfg.source.seed))
+        cover = {"source": coverage(vectors, source_texts),
+                 "target": coverage(vectors, target_texts)}
+    elif "vectors" in transfers:
+        raise BenchError("a selected strategy transfers word vectors but embeddings=none")
+
+    source_model = None
+    if "network" in transfers:
+        if console:
+            console.print(f"source model on {source_data.name} ({len(source.splits.pool)} "
+                          "training texts): trained once, then cached")
+
+        def make_source_model() -> torch.nn.Module:
+            return instantiate(cfg.model, vocab_size=len(vocab), num_classes=source.num_classes,
+                               _convert_="all")
+
+        key_parts = {"data": OmegaConf.to_container(cfg.data.source, resolve=True),
+                     "split_seed": seed, "vocab": vocab.digest,
+                     "vectors": vectors.identity if vectors else None,
+                     "model": OmegaConf.to_container(cfg.model, resolve=True)}
+        source_model = pretrain_source(source, make_source_model, matrix, key_parts,
+                                       OmegaConf.to_container(cfg.source, resolve=True),
+                                       trainer_kwargs(cfg), cache)
+    return Prepared(vocab, source, target, vectors, matrix, cover, source_model, make_model,
+                    protocol)
+
+
+def _newsgroups_train(cache: Path) -> Sequence[str]:
+    """20 Newsgroups' official training split: an external unlabelled corpus for word2vec."""
+    data = load_dataset({"name": "newsgroups"}, cache)
+    return [t for t, s in zip(data.texts, data.split) if s == "train"]
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def resolve_size(size: int | str, target: Task) -> int:
+    pool = len(target.splits.pool)
+    if size == "all":
+        return pool
+    if int(size) > pool:
+        raise BenchError(f"data.sizes has {size}, larger than the training pool of "
+                         f"{target.data.name} ({pool} examples); use at most {pool} or 'all'")
+    return int(size)
+
+
+def data_provenance(prep: Prepared, cfg: DictConfig) -> dict[str, Any]:
+    """Archives (pinned package and its SHA-256) and the SHA-256 of every file read."""
+    from bench.data.sources import REGISTRY
+
+    out: dict[str, Any] = {}
+    for role, task in (("source", prep.source), ("target", prep.target)):
+        name = cfg.data[role].name
+        pkg = REGISTRY[name][0] if name in REGISTRY else None
+        out[role] = {"name": task.data.name, "examples": len(task.data),
+                     "archive": None if pkg is None else {"package": pkg.spec, "file": pkg.filename,
+                                                          "sha256": pkg.sha256},
+                     "files_sha256": manifest_mod.file_checksums(task.data.files)}
+    if prep.vectors is not None:
+        out["vectors"] = {"description": prep.vectors.description,
+                          "identity": prep.vectors.identity}
+        if cfg.embeddings.kind == "file":
+            out["vectors"]["files_sha256"] = manifest_mod.file_checksums(
+                {Path(cfg.embeddings.path).name: str(Path(cfg.embeddings.path).expanduser())})
+    return out
