@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference strategies benchmark install clean-venv
+.PHONY: run test reference reference-fixed-val strategies benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/transfer-bench sweep $(ARGS)
 
-## reference: regenerate the committed reference study (sizes 50..all, 20 trials, 5 seeds)
+## reference: regenerate the committed reference study (budget protocol, 50/200/1000, 5 seeds)
 reference: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_reference $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_reference
+
+## reference-fixed-val: the same study under the fixed validation split (n + 500 labels a cell)
+reference-fixed-val: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_reference_fixed_val $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_reference_fixed_val
 
 ## strategies: regenerate the committed all-strategies study (50, 200, 1000 labels, 5 seeds)
 strategies: $(STAMP)

@@ -25,9 +25,9 @@ from bench.strategies import Strategy
 # ``strategy`` selects cells, but each strategy's definition is part of its cell's identity
 # (:func:`cell_hash`), and a study refuses a redefined strategy under an old name. Precision and
 # determinism change results, so only the accelerator and device count are grid keys.
-GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer.accelerator", "trainer.devices", "paths",
-             "progress", "hpo.storage", "hpo.worker_id", "hpo.heartbeat_interval",
-             "hpo.grace_period", "hpo.max_retry")
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer.accelerator", "trainer.devices",
+             "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
+             "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
 
 
 def config_dir() -> Path:

@@ -232,15 +232,16 @@ def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, sma
                                                                     monkeypatch):
     from conftest import small_study_overrides
 
-    from bench import sweep
+    from bench import methods
     from bench.config import check
+    from bench.prepare import prepare
 
     cfg = compose_config([*small_study_overrides(small_data, tmp_path, cache), "strategy=[lp_ft]",
-                          "strategy.lp_ft.lp_ft.ft_lr_mult=0.25"])
+                          "strategy.lp_ft.lp_ft.ft_lr_mult=0.25", "protocol=fixed_val"])
     check(cfg)
-    prep = sweep.prepare(cfg, strategies(cfg), [100])
+    prep = prepare(cfg, strategies(cfg), [100])
     calls = []
-    real = sweep.fit_and_test
+    real = methods.fit_and_test
 
     def spy(module, *args, **kwargs):
         model = module.model
@@ -252,8 +253,8 @@ def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, sma
         calls.append({"start": start, "result": result, "lr": module.lr, "trained": trained})
         return result
 
-    monkeypatch.setattr(sweep, "fit_and_test", spy)
-    fit = sweep.NeuralMethod(prep, cfg, strategies(cfg)[0]).fit({}, 100, seed=0, test=True)
+    monkeypatch.setattr(methods, "fit_and_test", spy)
+    fit = methods.NeuralMethod(prep, cfg, strategies(cfg)[0]).final({}, 100, seed=0)
     first, second = calls
     assert first["trained"] == {"head"}  # linear probe: everything else frozen
     for key, value in first["result"].state_dict.items():  # phase 2 starts from the best probe
