@@ -21,12 +21,17 @@ def test_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("experiment, target", [("movie_to_amazon", "amazon_reviews"),
-                                                ("newsgroups_to_reuters", "reuters_r8")])
-def test_experiments_compose(experiment, target):
+@pytest.mark.parametrize("experiment, target, chosen", [
+    ("movie_to_amazon", "amazon_reviews", ["scratch", "frozen", "full"]),
+    ("movie_to_amazon_reference", "amazon_reviews", ["scratch", "frozen", "partial", "full"]),
+    ("newsgroups_to_reuters", "reuters_r8", ["scratch", "frozen", "partial", "full"])])
+def test_experiments_compose(experiment, target, chosen):
     cfg = compose_config([f"experiment={experiment}"])
     assert cfg.study == experiment and cfg.data.target.name == target
-    assert list(cfg.strategy) == ["scratch", "frozen", "partial", "full"]
+    assert list(cfg.strategy) == chosen and cfg.protocol.name == "budget"
+    fixed = compose_config(["experiment=movie_to_amazon_reference_fixed_val"])
+    assert fixed.protocol.name == "fixed_val" and list(fixed.strategy) == list(
+        compose_config(["experiment=movie_to_amazon_reference"]).strategy)
 
 
 def test_grid_settings_do_not_change_the_study_identity():
