@@ -238,6 +238,7 @@ def _fmt_p(p: float) -> str:
 
 def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, metric: str,
                  stem: str) -> dict[str, str]:
+    """``<stem>.md`` / ``.csv``: the gains table with its protocol line."""
     gains = gains_table(df, order, reference)
     if gains.empty:
         return {}
@@ -249,7 +250,7 @@ def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, 
         "verdict": gains["verdict"]})
     return {
         f"{stem}.md": (
-            f"{name}: {metric} gain over {reference}, matched seeds\n\n"
+            f"{name}: {metric} gain over {reference}, matched seeds\n\n" + protocol_line(df) + "\n\n"
             + shown.to_markdown(index=False, disable_numparse=True)
             + f"\n\nCI: percentile bootstrap of the mean per-seed difference. p: two-sided paired "
             f"t-test over seeds; Holm-corrected over all {len(gains)} comparisons; verdict at "
@@ -313,6 +314,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     if not eff.empty:
         files["efficiency.md"] = (
             f"{name}: target labels `{REFERENCE}` needs to match each strategy\n\n"
+            + protocol_line(df) + "\n\n"
             + eff.to_markdown(index=False, disable_numparse=True)
             + f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
             "'more than measured' when it never reaches the score.\n")
