@@ -95,6 +95,8 @@ def choose(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, 
     values with only the length chosen inside the protocol (``hpo.n_trials=0``)."""
     if int(cfg.hpo.n_trials) > 0:
         return tune(method, cfg, size, n, seed, storage, study_dir)
+    if method.prep.protocol.uses_validation_split:  # the final fit early-stops on it anyway
+        return {}, {"n_trials": 0}
     chosen = method.select({}, n, seed)
     return {}, {"best_value": chosen.score, "n_trials": 0, "seconds": round(chosen.seconds, 3),
                 **_selection_attrs(chosen)}
@@ -298,8 +300,8 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                 if (method.name, str(size), int(seed)) in done | _recorded(records_path):
                     continue  # recorded before this run, or meanwhile by another worker
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
-                params, info = choose(method, cfg, size, n, int(seed), storage, out)
                 try:
+                    params, info = choose(method, cfg, size, n, int(seed), storage, out)
                     fit = method.final(params, n, int(seed), info.get("rounds"))
                 except Diverged as exc:
                     console.print(f"warning: {method.name} n={size} seed={seed} diverged "

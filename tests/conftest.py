@@ -114,3 +114,14 @@ def tuned_study(tmp_path_factory) -> Path:
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     return root / "results" / "small"
+
+
+def cell_study(storage: str, strategy: str, size: int | str, seed: int):
+    """The Optuna study of one (strategy, size, seed) replicate; its name carries the cell's
+    identity hash (``<study>/<cell_hash>/<strategy>/n=<size>/seed=<seed>``)."""
+    import optuna
+
+    suffix = f"/{strategy}/n={size}/seed={seed}"
+    (name,) = [s.study_name for s in optuna.study.get_all_study_summaries(storage)
+               if s.study_name.endswith(suffix)]
+    return optuna.load_study(study_name=name, storage=storage)

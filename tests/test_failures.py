@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.results import load_records
-from conftest import run_cli, small_study_overrides
+from conftest import cell_study, run_cli, small_study_overrides
 
 EXE = Path(sys.executable).with_name("transfer-bench")
 
@@ -30,8 +30,7 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
             "+hpo.space.lr={path:train.lr,choices:[0.001,1.0e+30]}"]
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
-    study = optuna.load_study(study_name="small/full/n=100",
-                              storage=f"sqlite:///{tmp_path / 'small' / 'optuna.db'}")
+    study = cell_study(f"sqlite:///{tmp_path / 'small' / 'optuna.db'}", "full", 100, 0)
     diverged = [t for t in study.trials if "pruned_reason" in t.user_attrs]
     assert diverged, "no trial diverged; the test needs a learning rate that blows up"
     for t in diverged:
@@ -43,8 +42,10 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
 
 
 def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path, small_data, cache):
+    """Under the fixed validation split a final fit has checkpoints to fall back on."""
     args = [*small_study_overrides(small_data, tmp_path, cache), "strategy=[full]",
-            "data.sizes=[100]", "seeds=[0]", "train.lr=1.0e+30", "train.batch_size=100"]
+            "data.sizes=[100]", "seeds=[0]", "train.lr=1.0e+30", "train.batch_size=100",
+            "protocol=fixed_val", "train.min_steps=1"]  # a round of one step: validated before it blows up
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     (record,) = load_records(tmp_path / "small" / "records.jsonl")
@@ -70,7 +71,7 @@ def test_sigkill_at_several_points_never_corrupts_and_resume_gives_the_clean_res
     clean = run_cli("sweep", *small_study_overrides(small_data, tmp_path / "clean", cache))
     assert clean.returncode == 0, clean.stderr
     expected = _metrics(tmp_path / "clean" / "small" / "records.jsonl")
-    assert len(expected) == 16
+    assert len(expected) == 12  # 3 strategies x 2 sizes x 2 seeds
 
     results = tmp_path / "killed"
     args = small_study_overrides(small_data, results, tmp_path / "cache-killed")

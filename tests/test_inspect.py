@@ -136,7 +136,7 @@ def test_a_class_too_rare_for_a_size_is_a_warning_and_a_size_beyond_the_pool_an_
     assert "at size 50 class 'c1' would have about 2.5 examples" in warning
     assert "use sizes >= 60" in warning
     too_big = inspect_data(None, target, target_splits=splits, target_max_len=10, sizes=[101])
-    assert "size 101 is outside the training pool" in too_big.errors[0]
+    assert "size 101 is larger than the training pool (100 examples)" in too_big.errors[0]
 
 
 def test_a_class_missing_from_the_pool_is_an_error():

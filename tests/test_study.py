@@ -22,13 +22,13 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     assert first.returncode == 0, first.stderr
     records_path = results / "small" / "records.jsonl"
     records = load_records(records_path)
-    # 4 strategies x 2 sizes x 2 seeds, one record each
-    assert len(records) == 16
+    # 3 strategies x 2 sizes x 2 seeds, one record each
+    assert len(records) == 12
     assert {(r["strategy"], r["size"], r["seed"]) for r in records} == {
-        (s, n, seed) for s in ("scratch", "frozen", "partial", "full") for n in (20, 100)
+        (s, n, seed) for s in ("scratch", "frozen", "full") for n in (20, 100)
         for seed in (0, 1)}
-    for r in records:
-        assert set(r["metrics"]) == {"val_acc", "val_f1", "test_acc", "test_f1"}
+    for r in records:  # the budget protocol: no validation split, so no validation metrics
+        assert set(r["metrics"]) == {"test_acc", "test_f1", "test_loss"}
         assert 0.0 <= r["metrics"]["test_acc"] <= 1.0
         assert r["n_train"] == r["size"]
     # scratch transfers nothing; the others name the cached source model and the vectors
@@ -37,7 +37,7 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     assert len({r["source"]["key"] for r in records if r["strategy"] != "scratch"}) == 1
     # the printed table and the written one agree and hold every strategy
     table = (results / "small" / "table.md").read_text()
-    for name in ("scratch", "frozen", "partial", "full"):
+    for name in ("scratch", "frozen", "full"):
         assert name in first.stdout and name in table
     assert "n=20" in table and "n=100" in table
     # the source model is trained once, then served from the cache
@@ -46,14 +46,14 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
 
     again = run_cli("sweep", *args)
     assert again.returncode == 0, again.stderr
-    assert "8 cells x 2 seeds, 8 cells already complete" in again.stderr
+    assert "6 cells x 2 seeds, 6 cells already complete" in again.stderr
     assert "from cache" in again.stderr
     assert records_path.read_text() == lines_before
 
     # extending the grid appends only the new cells
     more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
     assert more.returncode == 0, more.stderr
-    assert len(load_records(records_path)) == 17
+    assert len(load_records(records_path)) == 13
 
     # the manifest: one entry per run, every record points at its run
     manifest = json.loads((results / "small" / "manifest.json").read_text())

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from bench.pareto import dominated
 from bench.results import load_records
-from conftest import run_cli, small_study_overrides
+from conftest import cell_study, run_cli, small_study_overrides
 
 WORKER = """
 import sys, time
@@ -41,36 +41,42 @@ def _tuned_args(tmp_path, small_data, cache, *extra, baseline="none"):
             "strategy=[scratch]", "data.sizes=[100]", *extra]
 
 
-def _study(tmp_path: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'small' / 'optuna.db'}")
+def _study(tmp_path: Path, name: str, seed: int = 0) -> optuna.Study:
+    """``name`` as ``<study>/<strategy>/n=<size>``: that cell's study for replicate ``seed``."""
+    _, strategy, size = name.split("/")
+    return cell_study(f"sqlite:///{tmp_path / 'small' / 'optuna.db'}", strategy,
+                      size.removeprefix("n="), seed)
 
 
-def test_tuned_cell_has_its_trials_prunes_and_retrains_seeds(tmp_path, small_data, cache):
+def test_each_replicate_is_tuned_inside_its_own_labels_prunes_and_is_recorded(tmp_path,
+                                                                              small_data, cache):
     proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.n_trials=10",
                                          "hpo.pruner.n_startup_trials=2", "hpo.pruner.n_warmup_steps=0",
                                          "train.min_epochs=1", "train.max_epochs=6",
                                          "seeds=[0,1,2]"))
     assert proc.returncode == 0, proc.stderr
-    study = _study(tmp_path, "small/scratch/n=100")
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 10
-    assert any(t.state == TrialState.PRUNED for t in study.trials)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert study.best_value == max(t.value for t in complete)
-    assert study.user_attrs["strategy"] == "scratch" and study.user_attrs["size"] == "100"
-    records = load_records(tmp_path / "small" / "records.jsonl")
-    assert sorted(r["seed"] for r in records) == [0, 1, 2]
-    best_lr = study.best_trial.params["lr"]
-    for r in records:
-        assert r["params"] == {"train.lr": best_lr}
+    records = {r["seed"]: r for r in load_records(tmp_path / "small" / "records.jsonl")}
+    assert sorted(records) == [0, 1, 2]
+    pruned = 0
+    for seed, r in records.items():  # one Optuna study per replicate, each with its own trials
+        study = _study(tmp_path, "small/scratch/n=100", seed)
+        finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert len(finished) == 10
+        pruned += sum(t.state == TrialState.PRUNED for t in study.trials)
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert study.best_value == max(t.value for t in complete)
+        assert study.user_attrs["strategy"] == "scratch" and study.user_attrs["seed"] == seed
+        assert r["params"] == {"train.lr": study.best_trial.params["lr"]}
         assert r["hpo"]["n_trials"] == 10 and r["hpo"]["best_value"] == study.best_value
-        assert r["hpo"]["n_pruned"] >= 1
-        assert r["hpo"]["epochs_run"] < r["hpo"]["epochs_unpruned_estimate"]
+        assert r["rounds"] == study.best_trial.user_attrs["selection"]["rounds"]
+        assert len(r["hpo"]["fold_scores"]) == 3
+        assert study.best_value == pytest.approx(sum(r["hpo"]["fold_scores"]) / 3, abs=1e-6)
+        # the sampler searched, it did not sit on one value
+        assert len({round(t.params["lr"], 8) for t in study.trials}) == len(study.trials)
+    assert pruned >= 1
+    assert len({r["params"]["train.lr"] for r in records.values()}) == 3  # own sampler seeds
     report = run_cli("report", str(tmp_path / "small"))
     assert report.returncode == 0 and "tuning per cell (pruning saved about" in report.stdout
-    assert f"train.lr={best_lr:.3g}" in report.stdout
-    # the sampler searched, it did not sit on one value
-    assert len({round(t.params["lr"], 8) for t in study.trials}) == len(study.trials)
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, small_data, cache):

@@ -209,8 +209,10 @@ def _check_sizes(data: LabelledTexts, splits: Splits, sizes: list[int], folds: i
     present = [c for c in range(len(counts)) if counts[c] > 0]
     for n in sizes:
         if n < 1 or n > pool:
-            findings.append(Finding(ERROR, f"target {data.name}: size {n} is outside the "
-                                    f"training pool's 1..{pool} examples"))
+            findings.append(Finding(ERROR, f"target {data.name}: size {n} is larger than the "
+                                    f"training pool ({pool} examples); use at most {pool} or "
+                                    "'all'" if n > pool else f"target {data.name}: size {n} "
+                                    "must be at least 1"))
             continue
         # Integer form of n * share < folds: the expected count of the class in the subset.
         rare = [c for c in present if n * counts[c] < folds * pool]
