@@ -42,10 +42,11 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
 
 
 def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path, small_data, cache):
-    """Under the fixed validation split a final fit has checkpoints to fall back on."""
+    """Under the fixed validation split a final fit has checkpoints to fall back on (rounds of
+    one step, so it validates once before it blows up)."""
     args = [*small_study_overrides(small_data, tmp_path, cache), "strategy=[full]",
             "data.sizes=[100]", "seeds=[0]", "train.lr=1.0e+30", "train.batch_size=100",
-            "protocol=fixed_val", "train.min_steps=1"]  # a round of one step: validated before it blows up
+            "protocol=fixed_val", "train.min_steps=1"]
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     (record,) = load_records(tmp_path / "small" / "records.jsonl")

@@ -200,9 +200,11 @@ def test_unreachable_storage_is_one_line_exit_2(tmp_path, small_data, cache):
 
 
 def test_pareto_front_is_non_dominated(tmp_path, small_data, cache):
-    proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.mode=pareto",
-                                         "hpo.pareto.n_trials=8", "hpo.pareto.min_size=10",
-                                         baseline="tfidf_logreg"))
+    args = _tuned_args(tmp_path, small_data, cache, "hpo.mode=pareto", "hpo.pareto.n_trials=8",
+                       "hpo.pareto.min_size=10", baseline="tfidf_logreg")
+    refused = run_cli("sweep", *args)  # it scores sizes on the validation split
+    assert refused.returncode == 2 and "protocol=fixed_val" in refused.stderr
+    proc = run_cli("sweep", *args, "protocol=fixed_val")
     assert proc.returncode == 0, proc.stderr
     fronts = json.loads((tmp_path / "small" / "pareto.json").read_text())
     assert set(fronts) == {"scratch", "tfidf_logreg"}
