@@ -20,12 +20,12 @@ def test_reproduce_matches_exactly_on_the_same_machine(tuned_study, tmp_path):
     result = json.loads((out / "reproduce.json").read_text())
     assert result["ok"] and result["environment_differences"] == []
     rows = result["rows"]
-    assert len(rows) == 3 * 2  # three cells, test and validation accuracy
+    assert len(rows) == 3  # three cells; budget records have test metrics only (no validation)
     assert len({(r["strategy"], r["size"]) for r in rows}) == 3
     assert all(r["difference"] == 0 and r["tolerance"] == 0 for r in rows)
     assert list(result["tolerance_reasons"].values()) == [
         "same software versions and numerics identity as the manifest; exact"]
-    assert "6/6 within tolerance" in proc.stdout
+    assert "3/3 within tolerance" in proc.stdout
     assert (tuned_study / "records.jsonl").read_bytes() == before  # the study is only read
     assert not (out / "cache").exists()  # the rebuilt cache is thrown away
 
