@@ -95,10 +95,11 @@ def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame
         return pd.DataFrame()
     storage = optuna.storages.RDBStorage(_storage_url(study_dir),
                                          skip_compatibility_check=True)
-    names = {(r["strategy"], str(r["size"])): r["hpo"]["study_name"]
+    # One tuning per replicate (or one per cell in older studies): trials are pooled per cell.
+    names = {r["hpo"]["study_name"]: (r["strategy"], str(r["size"]))
              for r in records if r.get("hpo") and r["hpo"].get("study_name")}
     rows = []
-    for (strategy, size), name in sorted(names.items()):
+    for name, (strategy, size) in sorted(names.items()):
         study = optuna.load_study(study_name=name, storage=storage)
         for t in study.get_trials(deepcopy=False):
             if t.state == optuna.trial.TrialState.COMPLETE:
@@ -148,7 +149,7 @@ def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str
         ax.set_title(f"n={size}")
         ax.set_xlabel(param)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy\n(hollow: pruned trial, its best)")
+    axes[0].set_ylabel("held-out accuracy, all replicates\n(hollow: pruned trial, its best)")
     _legend_below(fig, axes)
     return _save(fig, out, "lr_sensitivity")
 

@@ -324,7 +324,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     if not tuning.empty:
         saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
         files["tuning.md"] = (f"{name}: tuning per cell (pruning saved about {saved:.0%} of "
-                              "trial-epochs)\n\n" + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
+                              "trial-epochs); seed: the replicate tuned on its own labels, or "
+                              "all (one tuning shared by every seed)\n\n" + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
     return files
 
 

@@ -127,16 +127,20 @@ def markdown_table(records: list[dict[str, Any]], metric: str = "test_acc",
 
 
 def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per tuned (strategy, size) cell: trials, pruning ledger, best value and params."""
+    """One row per tuning: per replicate (``seed``) under the current protocols, per cell
+    (``all``) in older studies, whose seeds shared one tuning. Trials, pruning ledger, best
+    held-out score and parameters."""
     rows = {}
     for r in records:
         info = r.get("hpo")
         if info:
-            rows[(r["strategy"], str(r["size"]))] = {
-                "strategy": r["strategy"], "size": str(r["size"]), "trials": info["n_trials"],
+            shared = "/seed=" not in str(info.get("study_name", ""))
+            rows[info.get("study_name") or (r["strategy"], str(r["size"]))] = {
+                "strategy": r["strategy"], "size": str(r["size"]),
+                "seed": "all" if shared else str(r["seed"]), "trials": info["n_trials"],
                 "pruned": info["n_pruned"], "epochs run": info["epochs_run"],
                 "epochs unpruned (est.)": info["epochs_unpruned_estimate"],
-                "best val acc": round(info["best_value"], 4),
+                "best held-out acc": round(info["best_value"], 4),
                 "best params": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in sorted(info["best_params"].items())),
                 "tuning s": round(info["seconds"]),
@@ -145,4 +149,5 @@ def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         return pd.DataFrame()
     frame = pd.DataFrame(rows.values())
     frame["_order"] = frame["size"].map(_size_order)
-    return frame.sort_values(["_order", "strategy"]).drop(columns="_order").reset_index(drop=True)
+    return (frame.sort_values(["_order", "strategy", "seed"], kind="stable")
+            .drop(columns="_order").reset_index(drop=True))
