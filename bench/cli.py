@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from bench.cache import atomic_write_text
 from bench.errors import BenchError
 
 EXIT_USAGE = 2
@@ -127,10 +128,15 @@ def report(argv: Sequence[str]) -> None:
     parser.add_argument("--against", action="append", metavar="STRATEGY",
                         help="also compare every strategy with this one (gains_vs_STRATEGY.md); "
                              "repeatable; the comparison with scratch is always made")
+    parser.add_argument("--side-by-side", type=Path, metavar="FILE",
+                        help="also write one table of all the studies given, cell by cell "
+                             "(e.g. the same study under two protocols), to FILE")
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not d.is_dir():
             raise BenchError(f"{d} is not a study directory; give results/<study>")
+    if args.side_by_side is not None and len(args.dirs) < 2:
+        raise BenchError("--side-by-side needs two or more study directories")
     for d in args.dirs:
         out, text, notes = report_mod.write(d, args.metric, plots=not args.no_plots,
                                             against=args.against or ())
@@ -138,6 +144,11 @@ def report(argv: Sequence[str]) -> None:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         print(f"report written to {out}", file=sys.stderr)
+    if args.side_by_side is not None:
+        text = report_mod.side_by_side(args.dirs, args.metric)
+        atomic_write_text(args.side_by_side, text)
+        print(f"## side by side\n\n{text}")
+        print(f"side-by-side table written to {args.side_by_side}", file=sys.stderr)
 
 
 def data(argv: Sequence[str]) -> None:

@@ -329,6 +329,38 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     return files
 
 
+def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
+    """One table of several studies, e.g. one study under two protocols: rows are strategies,
+    columns (size, study) pairs, each cell mean [95% CI] (seeds); a header per study states its
+    protocol and labels. Deterministic given the records."""
+    tables, lines, order, protocols = {}, [], [], []
+    for d in study_dirs:
+        records = load_records(Path(d) / RECORDS)
+        if not records:
+            raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
+        df = frame(records, metric, legacy_validation(Path(d)))
+        names = _order(df["strategy"], records)
+        order += [n for n in names if n not in order]
+        tables[Path(d).name] = cell_table(df, names)
+        protocols.append(" + ".join(sorted(df["protocol"].unique())))
+        lines.append(f"- `{Path(d).name}`: {protocol_line(df)}")
+    # Columns are named by protocol when that tells the studies apart, else by study.
+    if len(set(protocols)) == len(protocols):
+        tables = dict(zip(protocols, tables.values()))
+    sizes = sorted({s for t in tables.values() for s in t["size"]}, key=_size_key)
+    out = pd.DataFrame(index=order, dtype=object)
+    for size in sizes:
+        for name, cells in tables.items():
+            col = f"n={size} {name}"
+            out[col] = ""
+            for _, c in cells[cells["size"] == size].iterrows():
+                out.loc[c["strategy"], col] = (f"{c['mean']:.3f} [{c['ci_low']:.3f}, "
+                                               f"{c['ci_high']:.3f}] ({c['seeds']})")
+    out.index.name = "strategy"
+    return (f"{metric}, mean [95% bootstrap CI of the mean] (seeds), side by side\n\n"
+            + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")
+
+
 def write(study_dir: Path, metric: str = "test_acc", plots: bool = True,
           against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
     """Write the report folder; returns (folder, markdown to print, notes: unreadable record

@@ -11,6 +11,8 @@ from conftest import REPO, run_cli
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md")
 COMMITTED = [  # (study, report arguments, extra tables, records)
+    ("movie_to_amazon_reference", [], ("flags.md",), 3 * 5 * 5),  # 3 sizes x 5 methods x 5 seeds
+    ("movie_to_amazon_reference_fixed_val", [], ("flags.md",), 3 * 5 * 5),
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
@@ -29,3 +31,16 @@ def test_committed_study_tables_regenerate_byte_for_byte(tmp_path, name, args, e
     for table in (*TABLES, *extra):
         assert (copy / "report" / table).read_bytes() == (study / "report" / table).read_bytes(), table
     assert len((study / "records.jsonl").read_text().splitlines()) == n_records
+
+
+def test_the_committed_protocol_comparison_regenerates_byte_for_byte(tmp_path):
+    out = tmp_path / "protocols.md"
+    studies = [REPO / "results" / name for name in ("movie_to_amazon_reference",
+                                                    "movie_to_amazon_reference_fixed_val")]
+    copies = []
+    for study in studies:  # report writes into the study; work on copies
+        copies.append(tmp_path / study.name)
+        shutil.copytree(study, copies[-1], ignore=shutil.ignore_patterns("report", "reproductions"))
+    proc = run_cli("report", *map(str, copies), "--no-plots", "--side-by-side", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == (studies[0] / "report" / "protocols.md").read_bytes()

@@ -128,3 +128,39 @@ def test_against_an_unknown_strategy_is_one_line_exit_2(reported, tuned_study):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--against magic" in proc.stderr and "full" in proc.stderr
     assert _digest(out) == before
+
+
+def test_side_by_side_puts_each_studys_cells_next_to_each_other(reported, tuned_study, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tuned_study, other, ignore=shutil.ignore_patterns("report", "reproductions"))
+    lines = []  # the same records relabelled as the fixed-validation protocol, one score moved
+    for line in (other / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        r["protocol"], r["labels"]["validation"] = "fixed_val", 100
+        r["labels"]["total"] = r["n_train"] + 100
+        if (r["strategy"], r["size"], r["seed"]) == ("full", 100, 0):
+            r["metrics"]["test_acc"] = 0.0
+        lines.append(json.dumps(r))
+    (other / "records.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "sbs.md"
+    proc = run_cli("report", str(tuned_study), str(other), "--no-plots", "--side-by-side", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "labels per cell = n (training and selection)" in text
+    assert "labels per cell = n + 100 validation" in text
+    table = pd.read_csv(reported[0] / "table.csv", dtype={"size": str})
+    row = [l for l in text.splitlines() if l.startswith("| full ")][0].split("|")
+    header = [l for l in text.splitlines() if l.startswith("| strategy")][0].split("|")
+    col = {h.strip(): i for i, h in enumerate(header)}
+    full = table[(table["strategy"] == "full") & (table["size"] == "100")].iloc[0]
+    assert row[col["n=100 budget"]].strip().startswith(f"{full['mean']:.3f} [")
+    scores = {r["seed"]: r["metrics"]["test_acc"] for r in load_records(tuned_study /
+                                                                          "records.jsonl")
+              if r["strategy"] == "full" and r["size"] == 100}
+    moved = (sum(scores.values()) - scores[0]) / 3  # seed 0 set to 0.0
+    assert row[col["n=100 fixed_val"]].strip().startswith(f"{moved:.3f} [")
+    one = run_cli("report", str(tuned_study), "--no-plots", "--side-by-side", str(out))
+    assert one.returncode == 2 and "two or more" in one.stderr
