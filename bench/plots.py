@@ -71,7 +71,7 @@ def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: s
     ax.minorticks_off()
     ax.set_xlabel("target training examples (log scale)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI band)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     _legend(ax, len(order))
     return _save(fig, out, "learning_curves")
@@ -197,11 +197,12 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     notes: list[str] = []
     records = load_records(study_dir / RECORDS)
     if records:
-        df = report_mod.frame(records, metric)
+        df = report_mod.frame(records, metric, report_mod.legacy_validation(study_dir))
         order = report_mod._order(df["strategy"], records)
         cells = report_mod.cell_table(df, order)
-        if cells["n_train"].nunique() > 1:
-            learning_curves(cells, order, metric, study_dir.name, out)
+        if cells["n_train"].nunique() > 1:  # the title states the protocol and labels used
+            learning_curves(cells, order, metric,
+                            f"{study_dir.name}\n{report_mod.protocol_line(df)}", out)
         else:
             notes.append("learning curves need at least two sizes")
         try:
