@@ -80,8 +80,11 @@ def test_each_replicate_is_tuned_inside_its_own_labels_prunes_and_is_recorded(tm
 
 
 def test_sigkill_mid_trial_then_resume(tmp_path, small_data, cache):
+    # Trials of a few seconds (120 optimizer steps a fold), so the kill lands inside the trial
+    # the test saw running, not just after it finished.
     args = _tuned_args(tmp_path, small_data, cache, "hpo.n_trials=6", "hpo.pruner.name=none",
-                       "hpo.heartbeat_interval=1", "hpo.grace_period=3", "seeds=[0,1]")
+                       "hpo.heartbeat_interval=1", "hpo.grace_period=3", "seeds=[0,1]",
+                       "train.min_steps=120")
     exe = Path(sys.executable).with_name("transfer-bench")
     proc = subprocess.Popen([str(exe), "sweep", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
