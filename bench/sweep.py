@@ -31,7 +31,7 @@ from bench.cache import atomic_write_text, file_lock, stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
 from bench.methods import BaselineMethod, Fit, Method, NeuralMethod, Selection
-from bench.prepare import Prepared, data_provenance, prepare, resolve_size
+from bench.prepare import data_provenance, prepare, resolve_size
 from bench.results import RECORDS, append_record, load_records, markdown_table, record_key
 
 STUDY_FILE = "study.json"

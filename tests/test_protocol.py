@@ -220,7 +220,7 @@ def test_two_configurations_on_one_storage_never_share_trials(small_data, tmp_pa
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))
 def test_every_documented_pruner_accepts_the_default_config_and_prunes(name):
-    spec = {**compose_config([f"hpo.pruner.name={name}"]).hpo.pruner}
+    spec = {**compose_config(["hpo=tpe", f"hpo.pruner.name={name}"]).hpo.pruner}
     pruner = make_pruner(spec)
     study = optuna.create_study(direction="maximize", pruner=pruner,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
@@ -241,7 +241,7 @@ def test_every_documented_pruner_accepts_the_default_config_and_prunes(name):
 
 
 def test_a_pruner_argument_it_does_not_take_is_a_one_line_error():
-    proc = run_cli("sweep", "experiment=movie_to_amazon", "hpo.pruner.name=hyperband",
+    proc = run_cli("sweep", "experiment=movie_to_amazon", "hpo=tpe", "hpo.pruner.name=hyperband",
                    "+hpo.pruner.patience=3")
     assert proc.returncode == 2
     assert "hpo.pruner.patience is not an argument of the hyperband pruner" in proc.stderr
