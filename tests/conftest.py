@@ -102,15 +102,16 @@ def cache_home() -> Path:
 
 @pytest.fixture(scope="session")
 def tuned_study(tmp_path_factory) -> Path:
-    """One small tuned study (3 strategies + baseline, 3 sizes, 3 seeds), shared by the tests
-    that only read a study: reports and reproduction."""
+    """One small tuned study (3 strategies + baseline, 3 sizes, 3 seeds, 2 trials per replicate,
+    2-fold CV), shared by the tests that only read a study: reports and reproduction."""
     root = tmp_path_factory.mktemp("tuned")
     data = {"source": write_sentiment_csv(root / "source.csv", 600, seed=1),
             "target": write_sentiment_csv(root / "target.csv", 400, seed=2, cue_words=1)}
     args = [*small_study_overrides(data, root / "results", root / "cache", hpo="tpe",
                                    baseline="tfidf_logreg"),
             "strategy=[scratch,frozen,full]", "data.sizes=[20,50,100]", "seeds=[0,1,2]",
-            "hpo.n_trials=4", "hpo.pruner.n_startup_trials=2", "hpo.pruner.n_warmup_steps=1"]
+            "hpo.n_trials=2", "hpo.pruner.n_startup_trials=1", "hpo.pruner.n_warmup_steps=1",
+            "protocol.folds=2"]  # every replicate is tuned: keep the fixture to a few minutes
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
     return root / "results" / "small"

@@ -55,7 +55,7 @@ def test_table_cells_are_the_records_statistics(reported, tuned_study):
         low, high = bootstrap_ci(scores)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-6)
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
-        assert row["trials"] == 4 * 3  # 4 trials per replicate, each tuned on its own labels
+        assert row["trials"] == 2 * 3  # 2 trials per replicate, each tuned on its own labels
     for size, g in table.groupby("size"):
         best = g.loc[g["mean"].idxmax()]
         assert g["best"].sum() == 1 and bool(best["best"])
