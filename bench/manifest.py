@@ -8,7 +8,6 @@ config, its hash, the data and vectors checksums -- sits at the top level.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -19,14 +18,13 @@ import socket
 import subprocess
 import sys
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from bench.cache import atomic_write_text, sha256_file
+from bench.cache import atomic_write_text, file_lock, sha256_file
 from bench.redact import redact as redact  # re-exported: records and messages mask with it too
 
 MANIFEST = "manifest.json"
@@ -185,18 +183,6 @@ def file_checksums(paths: dict[str, str]) -> dict[str, str]:
     return {name: sha256_file(Path(p)) for name, p in sorted(paths.items()) if Path(p).is_file()}
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise read-modify-write of the manifest between workers of one study."""
-    fd = os.open(path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 def read(study_dir: Path) -> dict[str, Any] | None:
     path = study_dir / MANIFEST
     if not path.exists():
@@ -214,7 +200,7 @@ def update(study_dir: Path, shared: dict[str, Any], run_id: str, run: dict[str, 
     storage URL with its password, and the manifest is meant to be shared.
     """
     path = study_dir / MANIFEST
-    with _locked(path):
+    with file_lock(path.with_suffix(".lock")):  # workers of one study: read-modify-write
         current = read(study_dir) or {}
         merged = {**shared, **{k: v for k, v in current.items() if k != "runs"}}
         runs = current.get("runs", {})
