@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference reference-fixed-val strategies benchmark install clean-venv
+.PHONY: run test reference reference-fixed-val variance strategies benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ reference: $(STAMP)
 reference-fixed-val: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_reference_fixed_val $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_reference_fixed_val
+
+## variance: seeds x source models x tuning replicates at 50 and 1000 labels; report/variance.md
+variance: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_variance $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_variance
 
 ## strategies: regenerate the committed all-strategies study (50, 200, 1000 labels, 5 seeds)
 strategies: $(STAMP)

@@ -25,9 +25,13 @@ from bench.strategies import Strategy
 # ``strategy`` selects cells, but each strategy's definition is part of its cell's identity
 # (:func:`cell_hash`), and a study refuses a redefined strategy under an old name. Precision and
 # determinism change results, so only the accelerator and device count are grid keys.
-GRID_KEYS = ("strategy", "data.sizes", "seeds", "trainer.accelerator", "trainer.devices",
+# ``source.seeds`` and ``hpo.replicates`` add replicates (more source models, more independent
+# tunings), each recorded under its own key, so they extend a study like more seeds do.
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates",
+             "trainer.accelerator", "trainer.devices",
              "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
              "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
+SAMPLERS = ("tpe", "random")
 
 
 def config_dir() -> Path:
@@ -100,6 +104,8 @@ def check(cfg: DictConfig) -> None:
     if protocol.name == "budget" and cfg.hpo.mode == "pareto":
         raise BenchError("hpo.mode=pareto searches sizes on the validation split; run it with "
                          "protocol=fixed_val")
+    if cfg.hpo.mode == "pareto" and OmegaConf.select(cfg, "source.seeds", default=None):
+        raise BenchError("hpo.mode=pareto searches with one source model; drop source.seeds")
     for key in ("train.weight_decay", "source.weight_decay"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or value < 0:
@@ -108,10 +114,37 @@ def check(cfg: DictConfig) -> None:
         raise BenchError(f"model.dropout={cfg.model.dropout!r}; it must be in [0, 1)")
     if not cfg.seeds or not all(isinstance(s, int) and s >= 0 for s in cfg.seeds):
         raise BenchError(f"seeds={list(cfg.seeds)!r}; give a list of integers >= 0 (0 is a seed)")
+    _distinct_seeds(list(cfg.seeds), "seeds")
+    many = OmegaConf.select(cfg, "source.seeds", default=None)
+    if many is not None:
+        if not OmegaConf.is_list(many) or not many or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in many):
+            raise BenchError(f"source.seeds={many!r}; give a list of integers >= 0, e.g. "
+                             "source.seeds=[0,1,2], or null for the one model of source.seed")
+        _distinct_seeds(list(many), "source.seeds")
     schedule_mod.check(schedule_spec(cfg))
     sizes(cfg)
     strategies(cfg)
     check_hpo(cfg)
+
+
+def _distinct_seeds(seeds: list[int], key: str) -> None:
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise BenchError(f"{key} repeats {repeated}; a repeated seed would be one replicate "
+                         "counted twice")
+
+
+def source_seeds(cfg: DictConfig) -> list[int] | None:
+    """The source-model seeds when a study trains several (``source.seeds``), else None: one
+    model, of ``source.seed``, and records that carry no source seed."""
+    many = OmegaConf.select(cfg, "source.seeds", default=None)
+    return None if many is None else [int(s) for s in many]
+
+
+def tuning_replicates(cfg: DictConfig) -> int:
+    """Independent tunings per replicate seed (``hpo.replicates``, each its own sampler seed)."""
+    return int(OmegaConf.select(cfg, "hpo.replicates", default=1) or 1)
 
 
 def schedule_spec(cfg: DictConfig) -> dict[str, Any] | None:
@@ -129,6 +162,13 @@ def check_hpo(cfg: DictConfig) -> None:
         raise BenchError(f"hpo.n_trials={n!r}; it must be an integer >= 0 (0 = no tuning)")
     if hpo.mode not in ("grid", "pareto"):
         raise BenchError(f"hpo.mode={hpo.mode!r}; use grid or pareto")
+    replicates = OmegaConf.select(cfg, "hpo.replicates", default=1)
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise BenchError(f"hpo.replicates={replicates!r}; it must be an integer >= 1 "
+                         "(independent tunings per replicate seed)")
+    sampler = OmegaConf.select(cfg, "hpo.sampler", default="tpe")
+    if sampler not in SAMPLERS:
+        raise BenchError(f"hpo.sampler={sampler!r}; use one of {', '.join(SAMPLERS)}")
     if n == 0 and hpo.mode == "grid":
         return
     spaces = {"hpo.space": OmegaConf.to_container(hpo.space, resolve=True)}
@@ -157,11 +197,14 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     # those studies' identity, so they resume and reproduce unchanged.
     if schedule_mod.is_constant(plain.get("train", {}).get("schedule")):
         plain.get("train", {}).pop("schedule", None)
+    # Likewise TPE, the only sampler before hpo.sampler existed.
+    if plain.get("hpo", {}).get("sampler") == "tpe":
+        plain["hpo"].pop("sampler")
     for key in GRID_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = plain
         for part in filter(None, parent.split(".")):
-            node = node[part]
+            node = node.get(part, {})
         node.pop(leaf, None)
     return plain
 

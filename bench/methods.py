@@ -3,8 +3,9 @@
 ``select(params, n, seed)`` scores a setting inside the protocol (k-fold CV inside the n
 labels, or the fixed validation split) and says how many rounds training should last;
 ``final(params, n, seed, rounds)`` trains on the n labels and evaluates once on test. A neural
-method is a transfer strategy applied to the TextCNN; the baseline is TF-IDF + logistic
-regression on the same subsets and folds.
+method is a transfer strategy applied to the TextCNN with one source model (a study with
+several source models has one method per strategy and source seed); the baselines are TF-IDF +
+logistic regression on the same subsets and folds, and the majority class of the n labels.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Sequence
 import lightning.pytorch as L
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import f1_score
 
 from bench import baseline
 from bench import config as config_mod
@@ -69,6 +71,8 @@ class _Method:
 
     name: str
     prep: Prepared
+    source_seed: int | None = None  # recorded when the study has several source models
+    selects = True                  # False: nothing to choose (no setting, no training length)
 
     def subset(self, n: int, seed: int) -> np.ndarray:
         target = self.prep.target
@@ -111,8 +115,13 @@ class _Method:
 class NeuralMethod(_Method):
     """A transfer strategy applied to the TextCNN."""
 
-    def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy) -> None:
+    def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
+                 source_seed: int | None = None) -> None:
         self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
+        self.source_seed = source_seed if strategy.transfer == "network" else None
+        self.source = None if self.source_seed is None else prep.source_models[source_seed]
+        if self.source is None and strategy.transfer == "network":
+            self.source = prep.source_model
         self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
         self.prunes = True
@@ -129,7 +138,7 @@ class NeuralMethod(_Method):
         target = prep.target
         L.seed_everything(seed, workers=True, verbose=False)
         model = build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
-                            prep.source_model.state_dict if prep.source_model else None)
+                            self.source.state_dict if self.source else None)
         blocks, lr, bs = model.blocks, float(cell.train.lr), int(cell.train.batch_size)
         max_rounds = int(cell.train.max_epochs)
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
@@ -172,8 +181,8 @@ class NeuralMethod(_Method):
                               **{k: getattr(self.strategy, k) for k in (
                                   "lr_decay", "unfreeze_every", "lp_ft", "l2sp")
                                  if getattr(self.strategy, k) not in (None, 1.0)}},
-            "source": None if prep.source_model is None or self.strategy.transfer != "network"
-            else {"key": prep.source_model.key, **prep.source_model.metrics},
+            "source": None if self.source is None
+            else {"key": self.source.key, **self.source.metrics},
             "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {
                 "description": prep.vectors.description, "coverage": prep.coverage},
         }
@@ -215,4 +224,34 @@ class BaselineMethod(_Method):
                 "source": None, "vectors": None}
 
 
-Method = NeuralMethod | BaselineMethod
+class MajorityMethod(_Method):
+    """Always the majority class of the n training labels: the floor every table shows."""
+
+    name = "majority"
+    prunes = False
+    selects = False
+    space: dict[str, Any] = {}
+
+    def __init__(self, prep: Prepared, cfg: DictConfig) -> None:
+        self.prep = prep
+
+    def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
+             seed: int, test: bool, rounds: list[int] | None = None,
+             callbacks: Sequence[Any] = ()) -> Fit:
+        labels = self.prep.target.data.labels
+        guess = int(np.bincount(labels[train]).argmax())  # ties: the smallest label
+        metrics: dict[str, float] = {}
+        for split, index in (("val", val), ("test", self.prep.target.splits.test if test else None)):
+            if index is not None:
+                truth = labels[index]
+                metrics[f"{split}_acc"] = float(np.mean(truth == guess))
+                metrics[f"{split}_f1"] = float(f1_score(truth, np.full(len(truth), guess),
+                                                        average="macro", zero_division=0))
+        predictions = np.full(len(self.prep.target.splits.test), guess) if test else None
+        return Fit(metrics, None, None, 0.0, test_predictions=predictions)
+
+    def describe(self) -> dict[str, Any]:
+        return {"strategy_spec": {"baseline": self.name}, "source": None, "vectors": None}
+
+
+Method = NeuralMethod | BaselineMethod | MajorityMethod

@@ -197,7 +197,8 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     notes: list[str] = []
     records = load_records(study_dir / RECORDS)
     if records:
-        df = report_mod.frame(records, metric, report_mod.legacy_validation(study_dir))
+        df = report_mod.frame(records, metric, report_mod.legacy_validation(study_dir),
+                              report_mod.test_labels(study_dir))
         order = report_mod._order(df["strategy"], records)
         cells = report_mod.cell_table(df, order)
         if cells["n_train"].nunique() > 1:  # the title states the protocol and labels used

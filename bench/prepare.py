@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from bench import config as config_mod
 from bench import manifest as manifest_mod
 from bench.cache import cache_root
 from bench.data.inspect import inspect_data
@@ -41,9 +42,14 @@ class Prepared:
     vectors: Vectors | None
     matrix: torch.Tensor | None
     coverage: dict[str, float]
-    source_model: SourceModel | None
+    source_models: dict[int, SourceModel]  # by source seed: one, or one per ``source.seeds``
     make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
     protocol: Protocol
+
+    @property
+    def source_model(self) -> SourceModel | None:
+        """The source model of a one-source study (the first of several)."""
+        return next(iter(self.source_models.values()), None)
 
 
 def training_texts(data: LabelledTexts, pool: np.ndarray, protocol: Protocol) -> list[str]:
@@ -101,7 +107,7 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     elif "vectors" in transfers:
         raise BenchError("a selected strategy transfers word vectors but embeddings=none")
 
-    source_model = None
+    source_models: dict[int, SourceModel] = {}
     if "network" in transfers:
         if console:
             console.print(f"source model on {source_data.name} ({len(source.splits.pool)} "
@@ -115,10 +121,13 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
                      "split_seed": seed, "vocab": vocab.digest,
                      "vectors": vectors.identity if vectors else None,
                      "model": OmegaConf.to_container(cfg.model, resolve=True)}
-        source_model = pretrain_source(source, make_source_model, matrix, key_parts,
-                                       OmegaConf.to_container(cfg.source, resolve=True),
-                                       trainer_kwargs(cfg), cache)
-    return Prepared(vocab, source, target, vectors, matrix, cover, source_model, make_model,
+        settings = OmegaConf.to_container(cfg.source, resolve=True)
+        settings.pop("seeds", None)  # each model's own seed is its "seed"; keys stay as before
+        for source_seed in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]:
+            source_models[source_seed] = pretrain_source(
+                source, make_source_model, matrix, key_parts, {**settings, "seed": source_seed},
+                trainer_kwargs(cfg), cache)
+    return Prepared(vocab, source, target, vectors, matrix, cover, source_models, make_model,
                     protocol)
 
 

@@ -2,16 +2,19 @@
 
 ``transfer-bench report results/<study>`` writes ``results/<study>/report/``:
 
-* ``table.{md,csv,tex}``: strategies x sizes, mean ± std over seeds, 95% bootstrap CI, seeds;
-  the best mean per size in bold, cells whose CI overlaps the best's CI in italics (tied);
+* ``table.{md,csv,tex}``: strategies x sizes (the TF-IDF and majority-class baselines
+  included), mean ± std over seeds, 95% CI of the mean counting seed and test-sample noise
+  (:mod:`bench.stats`), seeds; the best mean per size in bold, strategies not significantly
+  worse than it (paired, Holm) in italics (tied);
 * ``budget.md``: the tuning budget per cell (trials, pruned, compute minutes);
-* ``gains.{md,csv}``: every strategy minus ``scratch`` over matched seeds, paired bootstrap CI,
-  paired t-test, Holm-corrected over the study (see :mod:`bench.stats`); ``--against full``
-  adds ``gains_vs_full.{md,csv}``, the same against another strategy (does a method beat
-  plain fine-tuning?);
+* ``gains.{md,csv}``: every strategy minus ``scratch``, one paired analysis over matched seeds
+  and test examples (CI and p from one estimate), Holm-corrected over the study;
+  ``--against full`` adds ``gains_vs_full.{md,csv}``, the same against another strategy;
 * ``efficiency.{md,csv}``: labels ``scratch`` needs to match each strategy (ULMFiT's figure);
+* ``variance.{md,csv}``: one run's variance split into seed, source model, tuning and test
+  sample parts; ``edges.md``: tuned values at the edge of their range;
 * ``*.png`` / ``*.pdf``: learning curves, learning-rate sensitivity, expected best validation
-  score vs trials (Dodge et al. 2019), Pareto fronts of the size search.
+  score vs trials (Dodge et al. 2019; only from i.i.d. random-search trials), Pareto fronts.
 
 Tables depend on the records alone and are byte-for-byte reproducible; plots that need the
 Optuna trials read the study's storage and are skipped (with a note) when it is unavailable.
@@ -24,6 +27,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from bench import stats
@@ -35,7 +39,9 @@ REPORT_DIR = "report"
 LEGACY = "fixed_val (legacy)"  # records from before the protocol field: validation split, vocabulary
                                # from all texts, one tuning per cell on its own subset
 REFERENCE = "scratch"
+MAJORITY = "majority"
 ALPHA = 0.05
+LEVEL_PCT = round(100 * stats.LEVEL)
 
 
 def _size_key(size: str) -> tuple[int, int]:
@@ -47,7 +53,8 @@ def _order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
     first: dict[str, int] = {}
     for i, r in enumerate(records):
         first.setdefault(r["strategy"], i)
-    return sorted(set(names), key=lambda s: (s.startswith("tfidf"), first.get(s, 0), s))
+    return sorted(set(names), key=lambda s: (s == MAJORITY, s.startswith("tfidf"),
+                                             first.get(s, 0), s))
 
 
 def legacy_validation(study_dir: Path) -> int:
@@ -61,18 +68,39 @@ def legacy_validation(study_dir: Path) -> int:
     return int(val) if isinstance(val, int) and not isinstance(val, bool) else 0
 
 
-def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0) -> pd.DataFrame:
+def test_labels(study_dir: Path) -> bytes | None:
+    """The study's test labels, encoded like the records' predictions (``study.json``), or None
+    for a study made before they were kept: its intervals then count seed noise only."""
+    try:
+        labels = json.loads((study_dir / "study.json").read_text()).get("test_labels")
+    except (OSError, ValueError):
+        return None
+    return labels.encode() if isinstance(labels, str) and labels else None
+
+
+def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
+          labels: bytes | None = None) -> pd.DataFrame:
+    """One row per record. With the test labels, ``correct`` holds its per-example 0/1 scores
+    (for the accuracy metric, when the predictions were recorded), else None."""
     rows = []
+    truth = None if labels is None else np.frombuffer(labels, dtype=np.uint8)
     for r in records:
         if metric not in r["metrics"]:
             continue
-        labels = r.get("labels") or {"total": r["n_train"] + legacy_val}
+        labels_used = r.get("labels") or {"total": r["n_train"] + legacy_val}
+        predicted = r.get("test_predictions")
+        correct = None
+        if truth is not None and metric == "test_acc" and predicted and len(predicted) == len(truth):
+            correct = (np.frombuffer(predicted.encode(), dtype=np.uint8) == truth).astype(float)
+        source = r.get("source_seed")
         rows.append({"strategy": r["strategy"], "size": str(r["size"]), "n_train": r["n_train"],
-                     "labels": int(labels.get("total", r["n_train"])),
+                     "labels": int(labels_used.get("total", r["n_train"])),
                      "protocol": r.get("protocol", LEGACY),
                      "flags": ",".join(r.get("flags") or []),
                      "tuning_study": (r.get("hpo") or {}).get("study_name"),
-                     "seed": int(r["seed"]), "score": float(r["metrics"][metric]),
+                     "seed": int(r["seed"]), "source_seed": None if source is None else int(source),
+                     "tuning": int(r.get("tuning") or 0),
+                     "score": float(r["metrics"][metric]), "correct": correct,
                      "fit_seconds": float(r.get("seconds") or 0.0),
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
@@ -83,19 +111,69 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0) -> pd
     return pd.DataFrame(rows)
 
 
+def per_seed(g: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None]:
+    """A cell's per-seed scores (runs of one seed, over source models and tuning replicates,
+    averaged) and, when every run has per-example scores, the seeds x examples matrix."""
+    means = g.groupby("seed")["score"].mean().sort_index()
+    if g["correct"].isna().any():
+        return means, None
+    matrix = np.stack([np.mean(np.stack(list(runs)), axis=0)
+                       for _, runs in g.groupby("seed")["correct"]])
+    return means, matrix
+
+
+def estimate(g: pd.DataFrame) -> stats.Estimate:
+    """The one interval estimator for a cell (seeds x test examples, or seed means only)."""
+    means, matrix = per_seed(g)
+    return stats.seed_estimate(means.to_numpy()) if matrix is None else \
+        stats.crossed_estimate(matrix)
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> stats.Estimate | None:
+    """``a`` minus ``b`` over the seeds both ran (same training subsets) and the same test
+    examples: one paired analysis gives the CI, the p-value and so the verdict."""
+    ma, xa = per_seed(a)
+    mb, xb = per_seed(b)
+    seeds = sorted(set(ma.index) & set(mb.index))
+    if not seeds:
+        return None
+    if xa is None or xb is None:
+        return stats.seed_estimate((ma.loc[seeds] - mb.loc[seeds]).to_numpy())
+    ia, ib = ([list(m.index).index(s) for s in seeds] for m in (ma, mb))
+    return stats.crossed_estimate(xa[ia] - xb[ib])
+
+
+def interval_note(df: pd.DataFrame) -> str:
+    """What the intervals count, stated under every table that shows them."""
+    test = df["correct"].notna().all()
+    varied = [axis for axis, col in (("source models", "source_seed"), ("tuning replicates", "tuning"))
+              if df[col].nunique(dropna=True) > 1]
+    what = ("seed noise and the test sample's own noise (two-way random effects, seeds x test "
+            "examples: a new seed on a new test set of this size)" if test else
+            "seed noise only (t-interval over seed means; these records keep no per-example "
+            "predictions, so the test sample's noise is not counted)")
+    extra = (f"; {' and '.join(varied)} are averaged within each seed (their spread: "
+             "variance.md)") if varied else ""
+    return f"{int(LEVEL_PCT)}% CI of the mean: {what}{extra}."
+
+
 def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """One row per (strategy, size): mean, std, CI, seeds, best/tied flags and the budget."""
-    rows = []
+    """One row per (strategy, size): mean, std over seeds, CI, seeds, best/tied and the budget.
+
+    Tied: not significantly worse than the best mean of its size in the same paired analysis
+    as the gains (Holm over the size's comparisons with the best)."""
+    rows, groups = [], {}
     for (strategy, size), g in df.groupby(["strategy", "size"], sort=False):
-        scores = g.sort_values("seed")["score"].to_numpy()
-        low, high = stats.bootstrap_ci(scores)
+        groups[(strategy, size)] = g
+        est = estimate(g)
+        means = g.groupby("seed")["score"].mean()
         # One tuning per replicate (current protocols) or one shared by all seeds (older studies).
         tunings = g.drop_duplicates("tuning_study") if g["tuning_study"].notna().all() else g[:1]
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),
                      "labels": int(g["labels"].iloc[0]),
-                     "seeds": len(scores), "mean": scores.mean(),
-                     "std": scores.std(ddof=1) if len(scores) > 1 else 0.0,
-                     "ci_low": low, "ci_high": high,
+                     "seeds": len(means), "runs": len(g), "mean": est.mean,
+                     "std": means.std(ddof=1) if len(means) > 1 else 0.0,
+                     "ci_low": est.low, "ci_high": est.high,
                      "trials": tunings["trials"].sum(min_count=1),
                      "pruned": tunings["pruned"].sum(min_count=1),
                      "minutes": (tunings["tune_seconds"].sum() + g["fit_seconds"].sum()) / 60,
@@ -104,14 +182,22 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     cells = pd.DataFrame(rows)
     cells["best"] = False
     cells["tied"] = False
+    cells["p_vs_best"] = math.nan
     for size, g in cells.groupby("size"):
         best = g["mean"].idxmax()
         cells.loc[best, "best"] = True
-        overlap = (g["ci_high"] >= cells.loc[best, "ci_low"]) & (g.index != best)
-        cells.loc[g.index[overlap], "tied"] = True
+        others = [i for i in g.index if i != best]
+        ref = groups[(cells.loc[best, "strategy"], size)]
+        ps = [(paired(groups[(cells.loc[i, "strategy"], size)], ref) or _NO_PAIR).p for i in others]
+        for i, p in zip(others, stats.holm(ps)):
+            cells.loc[i, "p_vs_best"] = p
+            cells.loc[i, "tied"] = bool(not math.isnan(p) and p >= ALPHA)
     rank = {s: i for i, s in enumerate(order)}
     cells["_o"] = [(_size_key(s), rank[st]) for s, st in zip(cells["size"], cells["strategy"])]
     return cells.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+_NO_PAIR = stats.Estimate(math.nan, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan)
 
 
 def _wide(cells: pd.DataFrame, order: list[str], fmt) -> pd.DataFrame:
@@ -146,23 +232,22 @@ def _budget_cell(c: pd.Series) -> str:
 
 
 def gains_table(df: pd.DataFrame, order: list[str], reference: str = REFERENCE) -> pd.DataFrame:
-    """Each strategy minus ``reference`` per size over the seeds both have."""
+    """Each strategy minus ``reference`` per size over the seeds both have (not the majority
+    floor: it would only enlarge the family the correction covers)."""
     rows = []
     ref = df[df["strategy"] == reference]
     for strategy in order:
-        if strategy == reference:
+        if strategy in (reference, MAJORITY):
             continue
         for size in sorted(df["size"].unique(), key=_size_key):
-            a = df[(df["strategy"] == strategy) & (df["size"] == size)].set_index("seed")["score"]
-            b = ref[ref["size"] == size].set_index("seed")["score"]
-            seeds = sorted(set(a.index) & set(b.index))
-            if not seeds:
+            a = df[(df["strategy"] == strategy) & (df["size"] == size)]
+            b = ref[ref["size"] == size]
+            est = paired(a, b) if len(a) and len(b) else None
+            if est is None:
                 continue
-            d = (a.loc[seeds] - b.loc[seeds]).to_numpy()
-            low, high = stats.bootstrap_ci(d)
-            rows.append({"strategy": strategy, "size": size, "pairs": len(seeds),
-                         "gain": d.mean(), "ci_low": low, "ci_high": high,
-                         "p": stats.paired_t_pvalue(a.loc[seeds], b.loc[seeds])})
+            rows.append({"strategy": strategy, "size": size, "pairs": est.seeds,
+                         "gain": est.mean, "ci_low": est.low, "ci_high": est.high, "p": est.p,
+                         "test_noise": est.counts_test_noise})
     gains = pd.DataFrame(rows)
     if gains.empty:
         return gains
@@ -252,9 +337,11 @@ def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, 
         f"{stem}.md": (
             f"{name}: {metric} gain over {reference}, matched seeds\n\n" + protocol_line(df) + "\n\n"
             + shown.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nCI: percentile bootstrap of the mean per-seed difference. p: two-sided paired "
-            f"t-test over seeds; Holm-corrected over all {len(gains)} comparisons; verdict at "
-            f"alpha = {ALPHA}.\n"),
+            + f"\n\nOne paired analysis per row: the differences over matched seeds (the same "
+            f"training subsets) and the same test examples give the CI and p together, so the CI "
+            f"excludes 0 exactly when p < {ALPHA}. " + interval_note(df)
+            + f" p (Holm): Holm-corrected over all {len(gains)} comparisons of this table; the "
+            f"verdict is at alpha = {ALPHA} after that correction.\n"),
         f"{stem}.csv": gains.round(6).to_csv(index=False, lineterminator="\n"),
     }
 
@@ -265,7 +352,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     records = load_records(study_dir / RECORDS)
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
-    df = frame(records, metric, legacy_validation(study_dir))
+    df = frame(records, metric, legacy_validation(study_dir), test_labels(study_dir))
     order = _order(df["strategy"], records)
     cells = cell_table(df, order)
     name = study_dir.name
@@ -274,11 +361,14 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     wide = _wide(cells, order, _md_cell)
     seeds = sorted(df["seed"].unique())
     files["table.md"] = (
-        f"{name}: {metric}, mean ± std [95% bootstrap CI of the mean] (seeds)\n\n"
+        f"{name}: {metric}, mean ± std over seeds [{LEVEL_PCT}% CI of the mean] (seeds)\n\n"
         + protocol_line(df) + "\n\n"
         + wide.to_markdown(disable_numparse=True) + "\n\n"
-        f"Best mean per size in **bold**; *italic* = its CI overlaps the best's CI (tied). "
-        f"Seeds {', '.join(map(str, seeds))}; percentile bootstrap, {stats.RESAMPLES} resamples.\n")
+        f"Best mean per size in **bold**; *italic* = tied: not significantly worse than the best "
+        f"(paired analysis as in gains.md, Holm over the size's comparisons with the best, "
+        f"alpha {ALPHA}). Seeds {', '.join(map(str, seeds))}. " + interval_note(df)
+        + (f" `{MAJORITY}`: always the majority class of the n labels." if MAJORITY in order
+           else "") + "\n")
     csv = cells.assign(**{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high")},
                        minutes=cells["minutes"].round(2))
     files["table.csv"] = csv.to_csv(index=False, lineterminator="\n")
@@ -288,7 +378,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     files["table.tex"] = tex.style.to_latex(
         hrules=True, column_format="l" + "c" * tex.shape[1],
         caption=f"{name.replace('_', ' ')}: {metric.replace('_', ' ')}, mean $\\pm$ std over "
-                f"{len(seeds)} seeds, 95\\% bootstrap CI; best in bold, tied underlined.")
+                f"{len(seeds)} seeds, {LEVEL_PCT}\\% CI of the mean; best in bold, tied "
+                "(not significantly worse, paired) underlined.")
     flags = flags_table(df)
     if not flags.empty:
         files["table.md"] += ("\nFlagged fits (at_cap: best held-out score at the last round "
@@ -310,7 +401,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         stem = "gains" if reference == REFERENCE else f"gains_vs_{reference}"
         files.update(_gains_files(df, order, reference, name, metric, stem))
 
-    eff = efficiency_table(cells, order)
+    eff = efficiency_table(cells[cells["strategy"] != MAJORITY], order)
     if not eff.empty:
         files["efficiency.md"] = (
             f"{name}: target labels `{REFERENCE}` needs to match each strategy\n\n"
@@ -320,6 +411,21 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
             "'more than measured' when it never reaches the score.\n")
         files["efficiency.csv"] = eff.to_csv(index=False, lineterminator="\n")
 
+    variance = variance_table(df, order)
+    if not variance.empty:
+        files["variance.md"] = (
+            f"{name}: where the spread of one run's {metric} comes from\n\n" + protocol_line(df)
+            + "\n\n" + variance.to_markdown(index=False, disable_numparse=True) + "\n\n"
+            + VARIANCE_NOTE + "\n")
+        files["variance.csv"] = variance.to_csv(index=False, lineterminator="\n")
+    edges = edge_table(records, study_dir)
+    if not edges.empty:
+        files["edges.md"] = (
+            f"{name}: tuned values at the edge of their search range\n\n"
+            + edges.to_markdown(index=False, disable_numparse=True)
+            + f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
+            "ranges) of an end: the range may have bound the search; widen it and rerun.\n")
+
     tuning = hpo_table(records)
     if not tuning.empty:
         saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
@@ -327,6 +433,101 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
                               "trial-epochs); seed: the replicate tuned on its own labels, or "
                               "all (one tuning shared by every seed)\n\n" + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
     return files
+
+
+VARIANCE_NOTE = (
+    "Standard deviation of a single run's score from each source, and that source's share of "
+    "the variance (method-of-moments, balanced random-effects ANOVA: seeds crossed with source "
+    "models, tuning replicates nested in each pair; negative estimates set to 0). seed: "
+    "training subset, initialisation and batch order; source: the source model's training "
+    "seed; tuning: another independent tuning of the same replicate; test sample: what a new "
+    "test set of the same size would add (per-example variance / test size). '-' = the design "
+    "does not vary it (one source model: no source part; one tuning per replicate: tuning noise "
+    "is inside the seed part).")
+
+
+def variance_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per cell, the variance of one run's score split into its sources (see VARIANCE_NOTE)."""
+    rows = []
+    for (strategy, size), g in df.groupby(["strategy", "size"], sort=False):
+        if strategy == MAJORITY:
+            continue
+        test_var = [math.nan if c is None else float(np.var(c, ddof=1)) / len(c)
+                    for c in g["correct"]]
+        parts = stats.variance_components(g.assign(test_var=test_var))
+        if parts is None:
+            continue
+        total = sum(v for v in parts.values() if not math.isnan(v))
+        row = {"strategy": strategy, "size": size, "runs": len(g)}
+        for part in stats.PARTS:
+            v = parts[part]
+            row[f"sd {part}"] = "-" if math.isnan(v) else f"{math.sqrt(v):.4f}"
+            row[f"% {part}"] = "-" if math.isnan(v) or total == 0 else f"{100 * v / total:.0f}"
+        row["sd total"] = f"{math.sqrt(total):.4f}"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    rank = {s: i for i, s in enumerate(order)}
+    out["_o"] = [(_size_key(z), rank[st]) for z, st in zip(out["size"], out["strategy"])]
+    # Columns no cell measures (e.g. source in a one-source study) are left out.
+    keep = [c for c in out.columns if not (out[c] == "-").all()]
+    return out.sort_values("_o")[keep].drop(columns="_o").reset_index(drop=True)
+
+
+EDGE = 0.05
+
+
+def _spaces(study_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method, its search space by config path (hpo.space + the strategy's own, or the
+    baseline's), from ``study.json``."""
+    try:
+        info = json.loads((study_dir / "study.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    config = info.get("config") or {}
+    shared = (config.get("hpo") or {}).get("space") or {}
+    out = {}
+    for name, spec in (info.get("strategies") or {}).items():
+        merged = {**shared, **((spec or {}).get("space") or {})}
+        out[name] = {v.get("path", k): v for k, v in merged.items()}
+    baseline = config.get("baseline") or {}
+    if baseline.get("name") not in (None, "none"):
+        out[baseline["name"]] = {v.get("path", k): v for k, v in (baseline.get("space") or {}).items()}
+    return out
+
+
+def edge_table(records: list[dict[str, Any]], study_dir: Path) -> pd.DataFrame:
+    """Tunings whose best value sits at the edge of its range, counted per cell and parameter."""
+    spaces = _spaces(study_dir)
+    hits: dict[tuple[str, str, str], list[Any]] = {}
+    for r in records:
+        best = ((r.get("hpo") or {}).get("best_params")) or {}
+        for path, value in best.items():
+            spec = spaces.get(r["strategy"], {}).get(path)
+            if not spec or "choices" in spec or not isinstance(value, (int, float)):
+                continue
+            low, high = float(spec["low"]), float(spec["high"])
+            scale = math.log if spec.get("log") else float
+            where = (scale(value) - scale(low)) / (scale(high) - scale(low))
+            entry = hits.setdefault((r["strategy"], str(r["size"]), path),
+                                    [0, 0, 0, f"{low:g}..{high:g}", []])
+            entry[0] += 1
+            if where <= EDGE:
+                entry[1] += 1
+                entry[4].append(value)
+            elif where >= 1 - EDGE:
+                entry[2] += 1
+                entry[4].append(value)
+    rows = [{"strategy": st, "size": sz, "parameter": path, "range": rng,
+             "tunings": n, "at low edge": lo, "at high edge": hi,
+             "values at the edge": ", ".join(f"{v:.3g}" for v in sorted(vals))}
+            for (st, sz, path), (n, lo, hi, rng, vals) in hits.items() if lo or hi]
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["_k"] = out["size"].map(_size_key)
+    return out.sort_values(["_k", "strategy", "parameter"]).drop(columns="_k").reset_index(drop=True)
 
 
 def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
@@ -338,12 +539,12 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
         records = load_records(Path(d) / RECORDS)
         if not records:
             raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
-        df = frame(records, metric, legacy_validation(Path(d)))
+        df = frame(records, metric, legacy_validation(Path(d)), test_labels(Path(d)))
         names = _order(df["strategy"], records)
         order += [n for n in names if n not in order]
         tables[Path(d).name] = cell_table(df, names)
         protocols.append(" + ".join(sorted(df["protocol"].unique())))
-        lines.append(f"- `{Path(d).name}`: {protocol_line(df)}")
+        lines.append(f"- `{Path(d).name}`: {protocol_line(df)} {interval_note(df)}")
     # Columns are named by protocol when that tells the studies apart, else by study.
     if len(set(protocols)) == len(protocols):
         tables = dict(zip(protocols, tables.values()))
@@ -357,7 +558,7 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
                 out.loc[c["strategy"], col] = (f"{c['mean']:.3f} [{c['ci_low']:.3f}, "
                                                f"{c['ci_high']:.3f}] ({c['seeds']})")
     out.index.name = "strategy"
-    return (f"{metric}, mean [95% bootstrap CI of the mean] (seeds), side by side\n\n"
+    return (f"{metric}, mean [{LEVEL_PCT}% CI of the mean] (seeds), side by side\n\n"
             + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")
 
 

@@ -1,4 +1,9 @@
-"""Records: one JSON line per (strategy, size, seed) cell, appended atomically; tables from them."""
+"""Records: one JSON line per replicate of a cell, appended atomically; tables from them.
+
+A replicate is (seed, source model seed, tuning replicate): the source seed is ``None`` for a
+strategy that uses no source model or a study with one source model, the tuning replicate 0
+unless ``hpo.replicates`` asks for several independent tunings.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,28 @@ import pandas as pd
 RECORDS = "records.jsonl"
 
 
-def record_key(record: dict[str, Any]) -> tuple[str, str, int]:
-    return (record["strategy"], str(record["size"]), int(record["seed"]))
+Key = tuple[str, str, int, "int | None", int]
+
+
+def record_key(record: dict[str, Any]) -> Key:
+    """(strategy, size, seed, source seed, tuning replicate); older records lack the last two."""
+    source = record.get("source_seed")
+    return (record["strategy"], str(record["size"]), int(record["seed"]),
+            None if source is None else int(source), int(record.get("tuning") or 0))
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def encode_labels(labels: Any) -> str | None:
+    """One character per test text (class 0-9, then a-z, A-Z): 1,000 predictions in 1 kB."""
+    if labels is None:
+        return None
+    return "".join(_DIGITS[int(p)] for p in labels)
+
+
+def decode_labels(text: str) -> list[int]:
+    return [_DIGITS.index(c) for c in text]
 
 
 def append_record(path: Path, record: dict[str, Any]) -> bool:
@@ -22,7 +47,7 @@ def append_record(path: Path, record: dict[str, Any]) -> bool:
 
     Concurrent writers (parallel cells, several workers) never interleave; a process killed
     mid-write can leave at most a torn last line, which :func:`load_records` drops. A record
-    whose (strategy, size, seed) is already there is not written again: returns False.
+    whose key (:func:`record_key`) is already there is not written again: returns False.
     """
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,27 +30,35 @@ from bench import tune as tune_mod
 from bench.cache import atomic_write_text, file_lock, stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
-from bench.methods import BaselineMethod, Fit, Method, NeuralMethod, Selection
+from bench.methods import BaselineMethod, Fit, MajorityMethod, Method, NeuralMethod, Selection
 from bench.prepare import data_provenance, prepare, resolve_size
-from bench.results import RECORDS, append_record, load_records, markdown_table, record_key
+from bench.results import (RECORDS, Key, append_record, encode_labels, load_records,
+                           markdown_table, record_key)
 
 STUDY_FILE = "study.json"
 TABLE_FILE = "table.md"
 
 
 def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, storage: Any,
-         study_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+         study_dir: Path, tuning: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tune one replicate of one cell inside the protocol; returns (best params, summary).
 
     Tuning is per replicate: under the budget protocol the replicate's n labels are all it may
     use, so another replicate's (or a shared tuning subset's) labels must not choose its
-    setting. The summary carries the chosen training length (``rounds``) and the fit flags.
+    setting. Tuning replicate ``tuning`` > 0 is another independent tuning of the same
+    replicate (its own Optuna study and sampler seed): the spread between them is the tuning
+    variance. The summary carries the chosen training length (``rounds``) and the fit flags.
     """
     hpo = cfg.hpo
     cell = config_mod.cell_hash(cfg, method.name)
-    name = f"{cfg.study}/{cell}/{method.name}/n={size}/seed={seed}"
+    # Axes a one-source, one-tuning study lacks stay out of the name and the sampler seed, so
+    # such studies keep the names (and sampled settings) they always had.
+    extra = ([f"source={method.source_seed}"] if method.source_seed is not None else []) + \
+        ([f"tuning={tuning}"] if tuning else [])
+    name = "/".join([f"{cfg.study}/{cell}/{method.name}/n={size}/seed={seed}", *extra])
     attrs = {"config_hash": config_mod.study_hash(cfg), "cell_hash": cell,
              "strategy": method.name, "size": str(size), "n_train": n, "seed": seed,
+             "source_seed": method.source_seed, "tuning": tuning,
              "protocol": cfg.protocol.name, "target": cfg.data.target.name,
              "source": cfg.data.source.name, "vectors": cfg.embeddings.kind,
              "metric": "held-out accuracy"}
@@ -59,9 +67,10 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
     warmup = int(OmegaConf.select(cfg, "hpo.pruner.n_warmup_steps", default=0) or 0)
     # Each (cell, size, replicate) gets its own sampler seed: cells must not all try the same
     # first settings (issue: identical start-up trials across strategies).
-    sampler_seed = int(stable_hash([int(hpo.seed), cell, str(size), seed], 8), 16) % 2**31
+    sampler_seed = int(stable_hash([int(hpo.seed), cell, str(size), seed, *extra], 8), 16) % 2**31
     study = tune_mod.open_study(name, storage, sampler_seed, pruner, attrs,
-                                worker_id=int(hpo.worker_id))
+                                worker_id=int(hpo.worker_id),
+                                sampler=str(OmegaConf.select(cfg, "hpo.sampler", default="tpe")))
 
     def objective(trial: optuna.Trial) -> float:
         params = tune_mod.suggest(trial, method.space)
@@ -89,12 +98,20 @@ def _selection_attrs(chosen: Selection) -> dict[str, Any]:
             "fold_scores": [round(v, 6) for v in chosen.fold_scores]}
 
 
+def tunings(method: Method, cfg: DictConfig) -> range:
+    """The tuning replicates a method runs: ``hpo.replicates`` when it is tuned, else one."""
+    tuned = int(cfg.hpo.n_trials) > 0 and method.selects
+    return range(config_mod.tuning_replicates(cfg) if tuned else 1)
+
+
 def choose(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, storage: Any,
-           study_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+           study_dir: Path, tuning: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The setting and training length of one replicate: tuned, or the fixed ``train.*``
     values with only the length chosen inside the protocol (``hpo.n_trials=0``)."""
+    if not method.selects:
+        return {}, {"n_trials": 0}
     if int(cfg.hpo.n_trials) > 0:
-        return tune(method, cfg, size, n, seed, storage, study_dir)
+        return tune(method, cfg, size, n, seed, storage, study_dir, tuning)
     if method.prep.protocol.uses_validation_split:  # the final fit early-stops on it anyway
         return {}, {"n_trials": 0}
     chosen = method.select({}, n, seed)
@@ -115,12 +132,13 @@ def fit_flags(info: dict[str, Any], fit: Fit) -> list[str]:
 
 def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, fit: Fit,
            params: dict[str, Any], hpo_info: dict[str, Any], run_id: str,
-           labels: dict[str, int]) -> dict[str, Any]:
+           labels: dict[str, int], tuning: int = 0) -> dict[str, Any]:
     return {
         "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
         "cell_hash": config_mod.cell_hash(cfg, method.name),
         "run_id": run_id,  # this run's entry in manifest.json
         "strategy": method.name, "size": size, "n_train": n, "seed": seed,
+        "source_seed": method.source_seed, "tuning": tuning,
         "protocol": cfg.protocol.name, "labels": labels,
         "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
@@ -130,20 +148,10 @@ def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, 
         "diverged": fit.diverged,
         "params": params, "hpo": hpo_info if hpo_info.get("n_trials") else None,
         **method.describe(),
-        "test_predictions": encode_predictions(fit.test_predictions),
+        "test_predictions": encode_labels(fit.test_predictions),
         "device": _device_name(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def encode_predictions(predictions: Any) -> str | None:
-    """One character per test text (class 0-9, then a-z, ...): 1,000 predictions in 1 kB."""
-    if predictions is None:
-        return None
-    return "".join(_DIGITS[int(p)] for p in predictions)
-
-
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def _device_name(cfg: DictConfig) -> str:
@@ -179,18 +187,28 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
-def _remember_strategies(out: Path, cfg: DictConfig, info: dict[str, Any]) -> None:
-    """Add this run's strategy definitions to ``study.json`` (under the manifest's lock)."""
+def _remember_study(out: Path, cfg: DictConfig, info: dict[str, Any]) -> None:
+    """Add this run's strategy definitions and the test labels to ``study.json`` (under a lock).
+
+    The test labels (one character per test text, like the records' predictions) let the
+    report score every record per test example; a study whose test split changed is refused.
+    """
     with file_lock(out / (STUDY_FILE + ".lock")):
         current = json.loads((out / STUDY_FILE).read_text()) if (out / STUDY_FILE).exists() \
             else info
         merged = {**config_mod.strategy_definitions(cfg), **(current.get("strategies") or {})}
-        if merged != current.get("strategies"):
-            atomic_write_text(out / STUDY_FILE, json.dumps({**current, "strategies": merged},
-                                                           indent=2, sort_keys=True) + "\n")
+        known = current.get("test_labels")
+        if known is not None and known != info["test_labels"]:
+            raise BenchError(f"the test split of {cfg.data.target.name} differs from the one "
+                             f"{out} was scored on (test_labels in {STUDY_FILE}); the data "
+                             "changed: use a new study=NAME")
+        updated = {**current, "strategies": merged, "test_labels": info["test_labels"]}
+        if updated != current:
+            atomic_write_text(out / STUDY_FILE, json.dumps(updated, indent=2, sort_keys=True)
+                              + "\n")
 
 
-def _recorded(path: Path) -> set[tuple[str, str, int]]:
+def _recorded(path: Path) -> set[Key]:
     return {record_key(r) for r in load_records(path)}
 
 
@@ -254,8 +272,12 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             "vectors": None if prep.vectors is None else {
                 "description": prep.vectors.description, "identity": prep.vectors.identity,
                 "coverage": prep.coverage},
-            "vocab_size": len(prep.vocab)}
-    _remember_strategies(out, cfg, study_info)
+            "source_models": {str(k): {"key": m.key, "metrics": m.metrics}
+                              for k, m in prep.source_models.items()}
+            if config_mod.source_seeds(cfg) else None,
+            "vocab_size": len(prep.vocab),
+            "test_labels": encode_labels(prep.target.data.labels[prep.target.splits.test])}
+    _remember_study(out, cfg, study_info)
 
     run_id = manifest_mod.new_run_id()
     run_info = {**manifest_mod.run_entry(), "started": started,
@@ -264,27 +286,36 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     shared = {"study": cfg.study, "study_hash": config_mod.study_hash(cfg),
               "config": config_mod.study_identity(cfg), "data": data_provenance(prep, cfg),
               "seeds": {"replicates": list(cfg.seeds), "split": int(cfg.data.split_seed),
-                        "source": int(cfg.source.seed), "hpo": int(cfg.hpo.get("seed", 0))}}
+                        "source": config_mod.source_seeds(cfg) or int(cfg.source.seed),
+                        "hpo": int(cfg.hpo.get("seed", 0)),
+                        "tuning_replicates": config_mod.tuning_replicates(cfg)}}
     manifest_mod.update(out, shared, run_id, run_info)
     records_path = out / RECORDS
     done = _recorded(records_path)
-    methods: list[Method] = [NeuralMethod(prep, cfg, s) for s in strategies]
+    many = config_mod.source_seeds(cfg)
+    methods: list[Method] = [NeuralMethod(prep, cfg, s, k) for s in strategies
+                             for k in (many if many and s.transfer == "network" else [None])]
     if cfg.baseline.name != "none":
         methods.append(BaselineMethod(prep, cfg))
-    if prep.source_model is not None:
-        m = prep.source_model.metrics
-        state = "from cache" if prep.source_model.from_cache else \
-            f"trained in {prep.source_model.train_seconds:.0f} s"
-        console.print(f"source model {prep.source_model.key} ({state}): "
+    methods.append(MajorityMethod(prep, cfg))
+    for k, source_model in prep.source_models.items():
+        m = source_model.metrics
+        state = "from cache" if source_model.from_cache else \
+            f"trained in {source_model.train_seconds:.0f} s"
+        console.print(f"source model {source_model.key} (seed {k}, {state}): "
                       f"val acc {m['val_acc']:.3f}, test acc {m['test_acc']:.3f}")
     if cfg.hpo.mode == "pareto":
         from bench.pareto import run_pareto
 
-        run_pareto(methods, cfg, prep, storage, out, console)
+        run_pareto([m for m in methods if m.selects], cfg, prep, storage, out, console)
         return out
+    def key(m: Method, size: int | str, seed: int, t: int) -> Key:
+        return (m.name, str(size), int(seed), m.source_seed, t)
+
     cells = [(m, size) for size in sizes for m in methods]
     todo = [(m, size) for m, size in cells
-            if any((m.name, str(size), int(seed)) not in done for seed in cfg.seeds)]
+            if any(key(m, size, seed, t) not in done for seed in cfg.seeds
+                   for t in tunings(m, cfg))]
     console.print(f"{cfg.study}: {len(cells)} cells x {len(cfg.seeds)} seeds, "
                   f"{len(cells) - len(todo)} cells already complete; protocol "
                   f"{prep.protocol.describe()}"
@@ -296,26 +327,28 @@ def run_study(cfg: DictConfig, console: Console | None = None,
         task = bar.add_task("cells", total=len(todo))
         for method, size in todo:
             n = resolve_size(size, prep.target)
-            for seed in cfg.seeds:
-                if (method.name, str(size), int(seed)) in done | _recorded(records_path):
+            for seed, t in ((s, t) for s in cfg.seeds for t in tunings(method, cfg)):
+                if key(method, size, seed, t) in done | _recorded(records_path):
                     continue  # recorded before this run, or meanwhile by another worker
-                bar.update(task, description=f"{method.name:>12} n={size} seed={seed}")
+                where = "".join([f" source={method.source_seed}"] * (method.source_seed is not None)
+                                + [f" tuning={t}"] * bool(t))
+                bar.update(task, description=f"{method.name:>12} n={size} seed={seed}{where}")
                 try:
-                    params, info = choose(method, cfg, size, n, int(seed), storage, out)
+                    params, info = choose(method, cfg, size, n, int(seed), storage, out, t)
                     fit = method.final(params, n, int(seed), info.get("rounds"))
                 except Diverged as exc:
-                    console.print(f"warning: {method.name} n={size} seed={seed} diverged "
+                    console.print(f"warning: {method.name} n={size} seed={seed}{where} diverged "
                                   f"({exc}); no record written")
                     continue
                 if fit.diverged:
-                    console.print(f"warning: {method.name} n={size} seed={seed}: {fit.diverged}; "
+                    console.print(f"warning: {method.name} n={size} seed={seed}{where}: {fit.diverged}; "
                                   "evaluated from its best checkpoint before that")
                 append_record(records_path, record(
                     cfg, method, size, n, int(seed), fit, params, info,
-                    run_id, prep.protocol.labels_used(n, n_val)))
+                    run_id, prep.protocol.labels_used(n, n_val), t))
             bar.advance(task)
     records = load_records(records_path)
-    order = [m.name for m in methods]
+    order = list(dict.fromkeys(m.name for m in methods))
     table = markdown_table(records, "test_acc", order)
     title = (f"# {cfg.study}: test accuracy, mean ± std (seeds)\n\n"
              f"target {prep.target.data.name}, source {prep.source.data.name}; protocol "

@@ -139,9 +139,17 @@ def check_space(space: Mapping[str, Mapping[str, Any]], where: str = "hpo.space"
                              f"low < high otherwise (got {low}, {high})")
 
 
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Seeded TPE (the default), or random search: i.i.d. trials, which the expected-best-of-k
+    budget curve assumes (Dodge et al. 2019)."""
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
 def open_study(name: str, storage: RDBStorage, seed: int, pruner: optuna.pruners.BasePruner,
                attrs: Mapping[str, Any], directions: list[str] | None = None,
-               worker_id: int = 0) -> optuna.Study:
+               worker_id: int = 0, sampler: str = "tpe") -> optuna.Study:
     """Create or load a study. The sampler's seed moves on with the trials already stored, so a
     resumed (or second) worker does not replay the first worker's random start."""
     existing = 0
@@ -149,8 +157,7 @@ def open_study(name: str, storage: RDBStorage, seed: int, pruner: optuna.pruners
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:
         pass
-    sampler = optuna.samplers.TPESampler(seed=seed + 7919 * worker_id + existing,
-                                         multivariate=True)
+    sampler = make_sampler(sampler, seed + 7919 * worker_id + existing)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                 load_if_exists=True,
                                 directions=directions or ["maximize"])
