@@ -113,6 +113,22 @@ def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def _not_iid(study_dir: Path) -> str | None:
+    """Why the study's trials are not i.i.d. draws (the expected-best curve's assumption), or
+    None when they are: random search without pruning."""
+    try:
+        hpo = json.loads((study_dir / "study.json").read_text())["config"]["hpo"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the tuning configuration is unknown"
+    if hpo.get("sampler", "tpe") != "random":
+        return (f"{hpo.get('sampler', 'tpe')} trials depend on each other; the curve needs "
+                "i.i.d. trials (hpo.sampler=random hpo.pruner.name=none)")
+    if (hpo.get("pruner") or {}).get("name", "none") != "none":
+        return ("pruned trials' values are not what they would have reached; the curve needs "
+                "hpo.pruner.name=none")
+    return None
+
+
 def _panels(sizes: list[str]) -> tuple[plt.Figure, np.ndarray]:
     fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.2), sharey=True,
                              squeeze=False)
@@ -218,7 +234,11 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
             param = "lr" if "lr" in params else (params[0] if params else None)
             if param:
                 lr_sensitivity(trials, order, out, param)
-            expected_best(trials, order, out)
+            why = _not_iid(study_dir)
+            if why:
+                notes.append(f"no expected-best-vs-trials plot: {why}")
+            else:
+                expected_best(trials, order, out)
         elif not notes:
             notes.append("no tuned cells: no sensitivity or expected-best plots")
     if (study_dir / PARETO_FILE).exists():

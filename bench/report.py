@@ -171,7 +171,7 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         tunings = g.drop_duplicates("tuning_study") if g["tuning_study"].notna().all() else g[:1]
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),
                      "labels": int(g["labels"].iloc[0]),
-                     "seeds": len(means), "runs": len(g), "mean": est.mean,
+                     "seeds": len(means), "runs": len(g), "mean": means.mean(),
                      "std": means.std(ddof=1) if len(means) > 1 else 0.0,
                      "ci_low": est.low, "ci_high": est.high,
                      "trials": tunings["trials"].sum(min_count=1),

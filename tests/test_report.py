@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 
 from bench.results import load_records
-from bench.stats import bootstrap_ci
+from bench.stats import crossed_estimate, holm
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -34,33 +34,75 @@ def test_report_writes_every_table_and_figure(reported):
     for stem in ("table", "gains", "efficiency"):
         assert {f"{stem}.md", f"{stem}.csv"} <= names
     assert {"table.tex", "budget.md", "tuning.md"} <= names
-    for fig in ("learning_curves", "lr_sensitivity", "expected_best_vs_trials"):
+    for fig in ("learning_curves", "lr_sensitivity"):
         assert (out / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / f"{fig}.pdf").read_bytes()[:5] == b"%PDF-"
+    # TPE with pruning: its trials are not i.i.d., so no budget-adequacy curve, and it says why
+    assert not (out / "expected_best_vs_trials.png").exists()
+    assert "no expected-best-vs-trials plot: tpe trials depend on each other" in proc.stderr
     assert "\\toprule" in (out / "table.tex").read_text() and "\\bottomrule" in (out / "table.tex").read_text()
     assert (out / "table.md").read_text() in proc.stdout
+
+
+def _correct(study: Path, strategy: str, size: str) -> np.ndarray:
+    """Seeds x test examples, 1 where the record's prediction equals the test label."""
+    import json
+
+    labels = np.array(list(json.loads((study / "study.json").read_text())["test_labels"]))
+    rows = sorted((r for r in load_records(study / "records.jsonl")
+                   if r["strategy"] == strategy and str(r["size"]) == size), key=lambda r: r["seed"])
+    return np.array([np.array(list(r["test_predictions"])) == labels for r in rows], dtype=float)
 
 
 def test_table_cells_are_the_records_statistics(reported, tuned_study):
     out, _ = reported
     table = pd.read_csv(out / "table.csv", dtype={"size": str})
     records = load_records(tuned_study / "records.jsonl")
-    assert len(table) == 4 * 3  # (scratch, frozen, full, tfidf_logreg) x 3 sizes
+    assert len(table) == 5 * 3  # (scratch, frozen, full, tfidf_logreg, majority) x 3 sizes
     for _, row in table.iterrows():
         scores = [r["metrics"]["test_acc"] for r in sorted(records, key=lambda r: r["seed"])
                   if r["strategy"] == row["strategy"] and str(r["size"]) == row["size"]]
         assert row["seeds"] == len(scores) == 3
         assert row["mean"] == pytest.approx(np.mean(scores), abs=1e-6)
         assert row["std"] == pytest.approx(np.std(scores, ddof=1), abs=1e-6)
-        low, high = bootstrap_ci(scores)
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-6)
+        # The interval counts the test sample: it is the estimator applied to the records'
+        # per-example predictions scored against the study's test labels.
+        matrix = _correct(tuned_study, row["strategy"], row["size"])
+        assert matrix.mean(axis=1) == pytest.approx(scores, abs=1e-6)
+        est = crossed_estimate(matrix)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((est.low, est.high), abs=1e-6)
         assert row["ci_low"] <= row["mean"] <= row["ci_high"]
-        assert row["trials"] == 2 * 3  # 2 trials per replicate, each tuned on its own labels
+        if row["strategy"] == "majority":
+            assert pd.isna(row["trials"])  # nothing to tune
+        else:
+            assert row["trials"] == 2 * 3  # 2 trials per replicate, each tuned on its own labels
     for size, g in table.groupby("size"):
         best = g.loc[g["mean"].idxmax()]
         assert g["best"].sum() == 1 and bool(best["best"])
-        for _, row in g.iterrows():
-            assert bool(row["tied"]) == (not row["best"] and row["ci_high"] >= best["ci_low"])
+        others = g[g.index != best.name]
+        best_matrix = _correct(tuned_study, best["strategy"], size)
+        ps = [crossed_estimate(_correct(tuned_study, s, size) - best_matrix).p
+              for s in others["strategy"]]
+        for (_, row), p in zip(others.iterrows(), holm(ps)):
+            assert row["p_vs_best"] == pytest.approx(p, abs=1e-6)
+            assert bool(row["tied"]) == (p >= 0.05)
+    assert "majority" in (out / "table.md").read_text()
+
+
+def test_variance_table_splits_seed_and_test_sample(reported, tuned_study):
+    out, _ = reported
+    text = (out / "variance.md").read_text()
+    frame = pd.read_csv(out / "variance.csv", dtype={"size": str})
+    # one source model, one tuning per replicate: only the seed and test-sample parts
+    assert [c for c in frame.columns if c.startswith("sd ")] == ["sd seed", "sd test sample",
+                                                                   "sd total"]
+    row = frame[(frame["strategy"] == "full") & (frame["size"] == "100")].iloc[0]
+    matrix = _correct(tuned_study, "full", "100")
+    scores = matrix.mean(axis=1)
+    assert row["sd seed"] == pytest.approx(np.std(scores, ddof=1), abs=1e-4)
+    assert row["sd test sample"] == pytest.approx(
+        np.sqrt(np.mean([np.var(r, ddof=1) / len(r) for r in matrix])), abs=1e-4)
+    assert "test sample" in text and "majority" not in set(frame["strategy"])
 
 
 def _mean_paired_difference(study, strategy: str, reference: str, size: str) -> float:
@@ -74,11 +116,12 @@ def _mean_paired_difference(study, strategy: str, reference: str, size: str) -> 
 def test_gains_are_paired_differences_with_holm_correction(reported, tuned_study):
     out, _ = reported
     gains = pd.read_csv(out / "gains.csv", dtype={"size": str})
-    assert set(gains["strategy"]) == {"frozen", "full", "tfidf_logreg"}
+    assert set(gains["strategy"]) == {"frozen", "full", "tfidf_logreg"}  # not the majority floor
     for _, g in gains.iterrows():
         assert g["gain"] == pytest.approx(
             _mean_paired_difference(tuned_study, g["strategy"], "scratch", g["size"]), abs=1e-6)
         assert g["p_holm"] >= g["p"] - 1e-12
+        assert (g["ci_low"] > 0 or g["ci_high"] < 0) == (g["p"] < 0.05)  # one analysis
         assert g["verdict"] in ("better", "worse", "no significant difference")
         if g["verdict"] != "no significant difference":
             assert g["p_holm"] < 0.05 and (g["verdict"] == "better") == (g["gain"] > 0)
