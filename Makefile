@@ -45,9 +45,9 @@ strategies: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/transfer-bench benchmark --study $(ARGS)
 
-## test: the test suite
+## test: the test suite, two worker processes (pytest-xdist) of one torch thread each
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -145,7 +145,7 @@ def _check_data(manifest: dict[str, Any], cache: Path) -> None:
 def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | None = None,
         tolerance: float | None = None, reuse_cache: bool = False,
         console: Console | None = None) -> tuple[pd.DataFrame, Path, bool]:
-    from bench.methods import BaselineMethod, NeuralMethod
+    from bench.methods import BaselineMethod, MajorityMethod, NeuralMethod
     from bench.prepare import prepare
 
     console = console or Console(stderr=True)
@@ -198,9 +198,15 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
                                                 tolerance)
         console.print(f"run {run_id}: {reasons[run_id]}")
         for r in recs:
-            method = (BaselineMethod(prep, cfg) if r["strategy"] not in strategies
-                      else NeuralMethod(prep, cfg, strategies[r["strategy"]]))
-            console.print(f"rerun {r['strategy']} n={r['size']} seed={r['seed']}")
+            if r["strategy"] in strategies:
+                method = NeuralMethod(prep, cfg, strategies[r["strategy"]], r.get("source_seed"))
+            elif r["strategy"] == MajorityMethod.name:
+                method = MajorityMethod(prep, cfg)
+            else:
+                method = BaselineMethod(prep, cfg)
+            where = "".join([f" source={r['source_seed']}"] * (r.get("source_seed") is not None)
+                            + [f" tuning={r['tuning']}"] * bool(r.get("tuning")))
+            console.print(f"rerun {r['strategy']} n={r['size']} seed={r['seed']}{where}")
             # The final fit alone: the recorded setting and training length (rounds) that the
             # replicate's own tuning chose; the tuning is not rerun.
             fit = method.final(dict(r["params"]), int(r["n_train"]), int(r["seed"]),
@@ -210,6 +216,7 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
                 old = r["metrics"][metric]
                 diff = new - old
                 rows.append({"strategy": r["strategy"], "size": str(r["size"]), "seed": r["seed"],
+                             "source_seed": r.get("source_seed"), "tuning": r.get("tuning", 0),
                              "metric": metric, "original": old, "rerun": new,
                              "difference": round(diff, 6), "tolerance": tol,
                              "within": abs(diff) <= tol + 1e-9})

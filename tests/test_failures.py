@@ -38,7 +38,8 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
         assert t.user_attrs["pruned_reason"].startswith("diverged: training loss became")
         assert t.params["lr"] > 1.0
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
-    assert len(load_records(tmp_path / "small" / "records.jsonl")) == 1
+    assert [r["strategy"] for r in load_records(tmp_path / "small" / "records.jsonl")] == [
+        "full", "majority"]
 
 
 def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path, small_data, cache):
@@ -49,7 +50,8 @@ def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path,
             "protocol=fixed_val", "train.min_steps=1"]
     proc = run_cli("sweep", *args)
     assert proc.returncode == 0, proc.stderr
-    (record,) = load_records(tmp_path / "small" / "records.jsonl")
+    (record,) = [r for r in load_records(tmp_path / "small" / "records.jsonl")
+                 if r["strategy"] != "majority"]
     assert record["diverged"].startswith("training loss became")
     assert "diverged" not in json.dumps(record["metrics"])
     assert 0.0 <= record["metrics"]["test_acc"] <= 1.0
@@ -72,7 +74,7 @@ def test_sigkill_at_several_points_never_corrupts_and_resume_gives_the_clean_res
     clean = run_cli("sweep", *small_study_overrides(small_data, tmp_path / "clean", cache))
     assert clean.returncode == 0, clean.stderr
     expected = _metrics(tmp_path / "clean" / "small" / "records.jsonl")
-    assert len(expected) == 12  # 3 strategies x 2 sizes x 2 seeds
+    assert len(expected) == 16  # (3 strategies + majority) x 2 sizes x 2 seeds
 
     results = tmp_path / "killed"
     args = small_study_overrides(small_data, results, tmp_path / "cache-killed")
@@ -100,7 +102,7 @@ def test_sigkill_at_several_points_never_corrupts_and_resume_gives_the_clean_res
     assert got == expected  # same cells, same numbers as the uninterrupted run
     lines = (study / "records.jsonl").read_text().splitlines()
     assert len({(json.loads(ln)["strategy"], json.loads(ln)["size"], json.loads(ln)["seed"])
-                for ln in lines if ln.startswith("{") and ln.endswith("}")}) == 12
+                for ln in lines if ln.startswith("{") and ln.endswith("}")}) == 16
 
 
 def test_two_studies_and_two_workers_writing_at_once_lose_nothing(tmp_path, small_data, cache):
@@ -117,7 +119,7 @@ def test_two_studies_and_two_workers_writing_at_once_lose_nothing(tmp_path, smal
     for name in ("a", "b"):
         path = tmp_path / name / "records.jsonl"
         lines = path.read_text().splitlines()
-        assert len(lines) == len(load_records(path)) == 12  # every cell once, no torn lines
+        assert len(lines) == len(load_records(path)) == 16  # every cell once, no torn lines
     # the two workers of study a ran the same deterministic cells: identical to study b
     assert _metrics(tmp_path / "a" / "records.jsonl") == _metrics(tmp_path / "b" / "records.jsonl")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())

@@ -207,3 +207,28 @@ def test_side_by_side_puts_each_studys_cells_next_to_each_other(reported, tuned_
     assert row[col["n=100 fixed_val"]].strip().startswith(f"{moved:.3f} [")
     one = run_cli("report", str(tuned_study), "--no-plots", "--side-by-side", str(out))
     assert one.returncode == 2 and "two or more" in one.stderr
+
+
+def test_a_tuned_value_at_the_edge_of_its_range_is_flagged(reported, tuned_study, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "edge"
+    shutil.copytree(tuned_study, other, ignore=shutil.ignore_patterns("report", "reproductions"))
+    space = json.loads((other / "study.json").read_text())["config"]["hpo"]["space"]["lr"]
+    lines = []
+    for line in (other / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["hpo"]:  # every tuning well inside the range ...
+            r["hpo"]["best_params"] = {k: (space["low"] * space["high"]) ** 0.5 if k == "train.lr"
+                                       else v for k, v in r["hpo"]["best_params"].items()}
+            if (r["strategy"], r["size"], r["seed"]) == ("full", 100, 1):  # ... but one
+                r["hpo"]["best_params"]["train.lr"] = space["high"] * 0.99
+        lines.append(json.dumps(r))
+    (other / "records.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run_cli("report", str(other), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    text = (other / "report" / "edges.md").read_text()
+    rows = [l for l in text.splitlines() if l.startswith("| full")]
+    assert len(rows) == 1 and "| train.lr " in rows[0] and "| 1 " in rows[0]
+    assert not any(l.startswith(("| scratch", "| frozen")) for l in text.splitlines())

@@ -292,7 +292,7 @@ def test_one_study_tunes_and_reports_every_strategy(tmp_path):
     study = tmp_path / "results" / "small"
     records = load_records(study / "records.jsonl")
     assert sorted((r["strategy"], r["seed"]) for r in records) == sorted(
-        (s, seed) for s in ALL_STRATEGIES for seed in (0, 1))
+        (s, seed) for s in (*ALL_STRATEGIES, "majority") for seed in (0, 1))
     tuned = {r["strategy"]: set(r["params"]) for r in records}
     assert tuned["discriminative"] == {"train.lr", "strategy.discriminative.lr_decay"}
     assert tuned["lp_ft"] == {"train.lr", "strategy.lp_ft.lp_ft.ft_lr_mult"}
@@ -304,7 +304,7 @@ def test_one_study_tunes_and_reports_every_strategy(tmp_path):
     report = run_cli("report", str(study), "--no-plots", "--against", "full")
     assert report.returncode == 0, report.stderr
     table = pd.read_csv(study / "report" / "table.csv")
-    assert sorted(table["strategy"]) == sorted(ALL_STRATEGIES)
+    assert sorted(table["strategy"]) == sorted((*ALL_STRATEGIES, "majority"))
     vs_full = pd.read_csv(study / "report" / "gains_vs_full.csv")
     assert sorted(vs_full["strategy"]) == sorted(set(ALL_STRATEGIES) - {"full"})
     for name in ALL_STRATEGIES:

@@ -22,19 +22,21 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     assert first.returncode == 0, first.stderr
     records_path = results / "small" / "records.jsonl"
     records = load_records(records_path)
-    # 3 strategies x 2 sizes x 2 seeds, one record each
-    assert len(records) == 12
+    # (3 strategies + the majority floor) x 2 sizes x 2 seeds, one record each
+    assert len(records) == 16
     assert {(r["strategy"], r["size"], r["seed"]) for r in records} == {
-        (s, n, seed) for s in ("scratch", "frozen", "full") for n in (20, 100)
+        (s, n, seed) for s in ("scratch", "frozen", "full", "majority") for n in (20, 100)
         for seed in (0, 1)}
     for r in records:  # the budget protocol: no validation split, so no validation metrics
-        assert set(r["metrics"]) == {"test_acc", "test_f1", "test_loss"}
+        neural = r["strategy"] != "majority"  # a constant guess has no meaningful loss
+        assert set(r["metrics"]) == {"test_acc", "test_f1"} | ({"test_loss"} if neural else set())
         assert 0.0 <= r["metrics"]["test_acc"] <= 1.0
         assert r["n_train"] == r["size"]
     # scratch transfers nothing; the others name the cached source model and the vectors
     assert all(r["source"] is None and r["vectors"] is None for r in records
-               if r["strategy"] == "scratch")
-    assert len({r["source"]["key"] for r in records if r["strategy"] != "scratch"}) == 1
+               if r["strategy"] in ("scratch", "majority"))
+    assert len({r["source"]["key"] for r in records
+                if r["strategy"] not in ("scratch", "majority")}) == 1
     # the printed table and the written one agree and hold every strategy
     table = (results / "small" / "table.md").read_text()
     for name in ("scratch", "frozen", "full"):
@@ -46,14 +48,14 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
 
     again = run_cli("sweep", *args)
     assert again.returncode == 0, again.stderr
-    assert "6 cells x 2 seeds, 6 cells already complete" in again.stderr
+    assert "8 cells x 2 seeds, 8 cells already complete" in again.stderr
     assert "from cache" in again.stderr
     assert records_path.read_text() == lines_before
 
     # extending the grid appends only the new cells
     more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
     assert more.returncode == 0, more.stderr
-    assert len(load_records(records_path)) == 13
+    assert len(load_records(records_path)) == 14  # full and majority at n=200, seed 0
 
     # the manifest: one entry per run, every record points at its run
     manifest = json.loads((results / "small" / "manifest.json").read_text())
@@ -107,8 +109,10 @@ def test_multirun_with_joblib_launcher_runs_cells_in_parallel_processes(tmp_path
     assert proc.returncode == 0, proc.stderr
     records = load_records(tmp_path / "small" / "records.jsonl")
     lines = (tmp_path / "small" / "records.jsonl").read_text().splitlines()
-    # two jobs, one per strategy, appended to one study without interleaving or loss
-    assert len(lines) == len(records) == 4
+    # two jobs, one per strategy, appended to one study without interleaving or loss; both
+    # jobs reach the majority floor's cells, and its records are written once
+    assert len(lines) == len(records) == 6
     assert {(r["strategy"], r["seed"]) for r in records} == {
-        ("scratch", 0), ("scratch", 1), ("full", 0), ("full", 1)}
+        ("scratch", 0), ("scratch", 1), ("full", 0), ("full", 1), ("majority", 0),
+        ("majority", 1)}
     assert len({r["source"]["key"] for r in records if r["strategy"] == "full"}) == 1

@@ -55,7 +55,8 @@ def test_each_replicate_is_tuned_inside_its_own_labels_prunes_and_is_recorded(tm
                                          "train.min_epochs=1", "train.max_epochs=6",
                                          "seeds=[0,1,2]"))
     assert proc.returncode == 0, proc.stderr
-    records = {r["seed"]: r for r in load_records(tmp_path / "small" / "records.jsonl")}
+    records = {r["seed"]: r for r in load_records(tmp_path / "small" / "records.jsonl")
+               if r["strategy"] == "scratch"}
     assert sorted(records) == [0, 1, 2]
     pruned = 0
     for seed, r in records.items():  # one Optuna study per replicate, each with its own trials
@@ -125,7 +126,7 @@ def test_sigkill_mid_trial_then_resume(tmp_path, small_data, cache):
     assert len(retries) == 1 and retries[0].params == killed.params  # retried, same setting
     records = load_records(tmp_path / "small" / "records.jsonl")
     lines = (tmp_path / "small" / "records.jsonl").read_text().splitlines()
-    assert len(records) == len(lines) == 2
+    assert len(records) == len(lines) == 4  # scratch and majority, seeds 0 and 1
     # a third run adds nothing
     assert run_cli("sweep", *args).returncode == 0
     assert len(_study(tmp_path, "small/scratch/n=100").trials) == len(trials)
