@@ -309,8 +309,10 @@ def flags_table(df: pd.DataFrame) -> pd.DataFrame:
     flagged = df[df["flags"] != ""]
     if flagged.empty:
         return pd.DataFrame()
+    # Several runs of one seed (source models, tuning replicates): the seed once, with a count.
     rows = [{"strategy": st, "size": sz, "flags": fl,
-             "seeds": ", ".join(str(s) for s in sorted(g["seed"]))}
+             "seeds": ", ".join(f"{s}" if n == 1 else f"{s} x{n}"
+                                for s, n in sorted(g["seed"].value_counts().items()))}
             for (st, sz, fl), g in flagged.groupby(["strategy", "size", "flags"], sort=False)]
     out = pd.DataFrame(rows)
     out["_k"] = out["size"].map(_size_key)
@@ -441,7 +443,9 @@ VARIANCE_NOTE = (
     "models, tuning replicates nested in each pair; negative estimates set to 0). seed: "
     "training subset, initialisation and batch order; source: the source model's training "
     "seed; tuning: another independent tuning of the same replicate; test sample: what a new "
-    "test set of the same size would add (per-example variance / test size). '-' = the design "
+    "test set of the same size would add (per-example variance / test size; the run x example "
+    "noise it includes is taken out of the innermost part, so the parts add up to the variance "
+    "of one run's score over new seeds, source models, tunings and test sets). '-' = the design "
     "does not vary it (one source model: no source part; one tuning per replicate: tuning noise "
     "is inside the seed part).")
 
@@ -454,7 +458,11 @@ def variance_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
             continue
         test_var = [math.nan if c is None else float(np.var(c, ddof=1)) / len(c)
                     for c in g["correct"]]
-        parts = stats.variance_components(g.assign(test_var=test_var))
+        noise = 0.0
+        if g["correct"].notna().all() and len(g) > 1:
+            runs = np.stack(list(g["correct"]))
+            noise = stats.crossed_parts(runs)[2] / runs.shape[1]
+        parts = stats.variance_components(g.assign(test_var=test_var), noise)
         if parts is None:
             continue
         total = sum(v for v in parts.values() if not math.isnan(v))

@@ -127,7 +127,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 PARTS = ("seed", "source", "seed x source", "tuning", "test sample")
 
 
-def variance_components(runs: pd.DataFrame) -> dict[str, float] | None:
+def variance_components(runs: pd.DataFrame, example_noise: float = 0.0) -> dict[str, float] | None:
     """Variance of one run's score, split by what varies between runs (method of moments).
 
     ``runs``: one row per run with ``seed``, ``source_seed`` (None/NaN: one source model),
@@ -137,6 +137,11 @@ def variance_components(runs: pd.DataFrame) -> dict[str, float] | None:
     random-effects ANOVA, seeds crossed with source models, tuning replicates nested in each
     (seed, source) pair; negative estimates are set to 0. A part the design cannot separate is
     NaN (one source model: no source part; one tuning: tuning noise stays in the seed part).
+
+    ``example_noise``: the run x example interaction variance over the test size (the error
+    mean square of the runs x examples matrix / N). Every run's score carries that much noise
+    of its own on a fixed test set, so the innermost part holds it; it is taken out there,
+    because ``test_var`` already counts it.
     """
     frame = runs.assign(source_seed=runs["source_seed"].fillna(-1))
     seeds = sorted(frame["seed"].unique())
@@ -166,6 +171,8 @@ def variance_components(runs: pd.DataFrame) -> dict[str, float] | None:
         out["source"] = max(ms_b - ms_ab, 0.0) / (s * t)
     else:
         out["seed"] = max(ms_a - within, 0.0) / t
+    innermost = "tuning" if t > 1 else "seed x source" if k > 1 else "seed"
+    out[innermost] = max(out[innermost] - example_noise, 0.0)
     if "test_var" in frame and frame["test_var"].notna().all():
         out["test sample"] = float(frame["test_var"].mean())
     return out

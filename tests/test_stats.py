@@ -134,7 +134,7 @@ def test_variance_components_recover_known_parts():
     rows = [{"seed": i, "source_seed": j, "tuning": r,
              "score": 0.7 + a[i] + b[j] + ab[i, j] + rng.normal(0, sd["tuning"])}
             for i in range(s) for j in range(k) for r in range(t)]
-    parts = variance_components(pd.DataFrame(rows))
+    parts = parts_full = variance_components(pd.DataFrame(rows))
     for part, value in sd.items():
         assert math.sqrt(parts[part]) == pytest.approx(value, rel=0.15), part
     assert math.isnan(parts["test sample"])
@@ -144,6 +144,10 @@ def test_variance_components_recover_known_parts():
     assert math.isnan(parts["source"]) and math.isnan(parts["seed x source"])
     assert math.sqrt(parts["seed"]) == pytest.approx(math.hypot(sd["seed"], sd["seed x source"]),
                                                      rel=0.25)
+    # Per-run noise of the test examples sits in the innermost part and is taken out there.
+    noisy = variance_components(pd.DataFrame(rows), example_noise=1e-4)
+    assert noisy["tuning"] == pytest.approx(max(parts_full["tuning"] - 1e-4, 0))
+    assert noisy["seed"] == parts_full["seed"]
     # Unbalanced: refused rather than guessed.
     assert variance_components(pd.DataFrame(rows[:-1])) is None
     assert set(parts) == set(PARTS)
