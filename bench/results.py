@@ -160,9 +160,12 @@ def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
         info = r.get("hpo")
         if info:
             shared = "/seed=" not in str(info.get("study_name", ""))
+            name = str(info.get("study_name", ""))
             rows[info.get("study_name") or (r["strategy"], str(r["size"]))] = {
                 "strategy": r["strategy"], "size": str(r["size"]),
-                "seed": "all" if shared else str(r["seed"]), "trials": info["n_trials"],
+                # the replicate, e.g. "2" or "2/source=1/tuning=1"
+                "seed": "all" if shared else name.split("/seed=", 1)[1],
+                "trials": info["n_trials"],
                 "pruned": info["n_pruned"], "epochs run": info["epochs_run"],
                 "epochs unpruned (est.)": info["epochs_unpruned_estimate"],
                 "best held-out acc": round(info["best_value"], 4),
