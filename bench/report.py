@@ -371,7 +371,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         f"alpha {ALPHA}). Seeds {', '.join(map(str, seeds))}. " + interval_note(df)
         + (f" `{MAJORITY}`: always the majority class of the n labels." if MAJORITY in order
            else "") + "\n")
-    csv = cells.assign(**{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high")},
+    csv = cells.assign(**{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high",
+                                                        "p_vs_best")},
                        minutes=cells["minutes"].round(2))
     files["table.csv"] = csv.to_csv(index=False, lineterminator="\n")
     tex = _wide(cells, order, _tex_cell)

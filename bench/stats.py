@@ -60,7 +60,7 @@ def _halfwidth(alpha: float, var_seed: float, df_seed: int, var_test: float,
                df_test: int) -> float:
     q_seed = sps.t.isf(alpha / 2, df_seed) if var_seed > 0 else 0.0
     q_test = sps.t.isf(alpha / 2, df_test) if var_test > 0 else 0.0
-    return math.sqrt(q_seed ** 2 * var_seed + q_test ** 2 * var_test)
+    return math.hypot(q_seed * math.sqrt(var_seed), q_test * math.sqrt(var_test))
 
 
 def _estimate(mean: float, var_seed: float, df_seed: int, var_test: float, df_test: int,
