@@ -118,10 +118,10 @@ class NeuralMethod(_Method):
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
                  source_seed: int | None = None) -> None:
         self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
-        self.source_seed = source_seed if strategy.transfer == "network" else None
-        self.source = None if self.source_seed is None else prep.source_models[source_seed]
-        if self.source is None and strategy.transfer == "network":
-            self.source = prep.source_model
+        network = strategy.transfer == "network"
+        self.source_seed = source_seed if network else None
+        self.source = None if not network else (
+            prep.source_model if source_seed is None else prep.source_models[source_seed])
         self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
         self.prunes = True

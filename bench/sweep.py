@@ -203,6 +203,9 @@ def _remember_study(out: Path, cfg: DictConfig, info: dict[str, Any]) -> None:
                              f"{out} was scored on (test_labels in {STUDY_FILE}); the data "
                              "changed: use a new study=NAME")
         updated = {**current, "strategies": merged, "test_labels": info["test_labels"]}
+        sources = {**(current.get("source_models") or {}), **(info.get("source_models") or {})}
+        if sources:  # a source seed added later is listed with the others
+            updated["source_models"] = sources
         if updated != current:
             atomic_write_text(out / STUDY_FILE, json.dumps(updated, indent=2, sort_keys=True)
                               + "\n")

@@ -53,6 +53,8 @@ def test_source_models_and_tuning_replicates_are_replicates_of_their_own(tmp_pat
     assert more.returncode == 0, more.stderr
     added = [r for r in load_records(path) if record_key(r) not in keys]
     assert {(r["strategy"], r["source_seed"]) for r in added} == {("frozen", 2)} and len(added) == 4
+    info = json.loads((tmp_path / "small" / "study.json").read_text())
+    assert sorted(info["source_models"]) == ["0", "1", "2"]  # the new model is listed too
 
     report = run_cli("report", str(tmp_path / "small"), "--no-plots")
     assert report.returncode == 0, report.stderr
