@@ -150,11 +150,11 @@ def interval_note(df: pd.DataFrame) -> str:
               if df[col].nunique(dropna=True) > 1]
     what = ("seed noise and the test sample's own noise (two-way random effects, seeds x test "
             "examples: a new seed on a new test set of this size)" if test else
-            "seed noise only (t-interval over seed means; these records keep no per-example "
-            "predictions, so the test sample's noise is not counted)")
+            "seed noise only (t-interval over seed means: per-example scores exist for accuracy "
+            "from stored predictions only, so the test sample's noise is not counted)")
     extra = (f"; {' and '.join(varied)} are averaged within each seed (their spread: "
              "variance.md)") if varied else ""
-    return f"{int(LEVEL_PCT)}% CI of the mean: {what}{extra}."
+    return f"{LEVEL_PCT}% CI of the mean: {what}{extra}."
 
 
 def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -188,16 +188,14 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         cells.loc[best, "best"] = True
         others = [i for i in g.index if i != best]
         ref = groups[(cells.loc[best, "strategy"], size)]
-        ps = [(paired(groups[(cells.loc[i, "strategy"], size)], ref) or _NO_PAIR).p for i in others]
+        pairs = [paired(groups[(cells.loc[i, "strategy"], size)], ref) for i in others]
+        ps = [math.nan if est is None else est.p for est in pairs]
         for i, p in zip(others, stats.holm(ps)):
             cells.loc[i, "p_vs_best"] = p
             cells.loc[i, "tied"] = bool(not math.isnan(p) and p >= ALPHA)
     rank = {s: i for i, s in enumerate(order)}
     cells["_o"] = [(_size_key(s), rank[st]) for s, st in zip(cells["size"], cells["strategy"])]
     return cells.sort_values("_o").drop(columns="_o").reset_index(drop=True)
-
-
-_NO_PAIR = stats.Estimate(math.nan, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan)
 
 
 def _wide(cells: pd.DataFrame, order: list[str], fmt) -> pd.DataFrame:
