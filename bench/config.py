@@ -166,6 +166,9 @@ def check_hpo(cfg: DictConfig) -> None:
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise BenchError(f"hpo.replicates={replicates!r}; it must be an integer >= 1 "
                          "(independent tunings per replicate seed)")
+    if replicates > 1 and n == 0:
+        raise BenchError(f"hpo.replicates={replicates} repeats the tuning, but this study is "
+                         "untuned (hpo.n_trials=0); add hpo=tpe")
     sampler = OmegaConf.select(cfg, "hpo.sampler", default="tpe")
     if sampler not in SAMPLERS:
         raise BenchError(f"hpo.sampler={sampler!r}; use one of {', '.join(SAMPLERS)}")

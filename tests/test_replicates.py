@@ -75,6 +75,7 @@ def test_source_models_and_tuning_replicates_are_replicates_of_their_own(tmp_pat
     ("hpo.replicates=0", "hpo.replicates=0"),
     ("hpo.sampler=grid", "hpo.sampler='grid'; use one of tpe, random"),
     ("seeds=[1,1]", "seeds repeats [1]"),
+    ("hpo.n_trials=0", "hpo.replicates=2 repeats the tuning, but this study is untuned"),
 ])
 def test_bad_replicate_settings_are_one_line_exit_2(tmp_path, small_data, cache, override,
                                                     message):
