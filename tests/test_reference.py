@@ -16,6 +16,9 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     ("movie_to_amazon_reference_fixed_val", [], ("flags.md", "edges.md"), 3 * 6 * 5),
     # 2 sizes x 3 seeds x 2 tunings x (3 sources x (frozen, full) + scratch + TF-IDF), + majority
     ("movie_to_amazon_variance", [], ("edges.md",), 2 * 3 * 2 * (3 * 2 + 2) + 2 * 3),
+    # 3 sizes x (10 strategies + TF-IDF + majority) x 5 seeds
+    ("movie_to_amazon_strategies", ["--against", "full"],
+     ("flags.md", "edges.md", "gains_vs_full.md", "gains_vs_full.csv"), 3 * 12 * 5),
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
