@@ -106,9 +106,14 @@ def sweep(argv: Sequence[str]) -> None:
     conf = str(guarded(config_dir))
 
     def task(cfg) -> None:
-        from bench.sweep import run_study
+        from bench.sweep import run_study, task_overrides
 
-        guarded(lambda: run_study(cfg))
+        if cfg.get("workers", 1) == 1:
+            guarded(lambda: run_study(cfg))
+        else:  # K worker processes on this study, then its table
+            from bench import workers
+
+            guarded(lambda: workers.run(cfg, task_overrides() or []))
 
     sys.argv = ["transfer-bench sweep", *argv]
     hydra.main(config_path=conf, config_name="config", version_base="1.3")(task)()

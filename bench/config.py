@@ -27,10 +27,10 @@ from bench.strategies import Strategy
 # determinism change results, so only the accelerator and device count are grid keys.
 # ``source.seeds`` and ``hpo.replicates`` add replicates (more source models, more independent
 # tunings), each recorded under its own key, so they extend a study like more seeds do.
-GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates",
+GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates", "workers",
              "trainer.accelerator", "trainer.devices",
              "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
-             "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
+             "hpo.worker_count", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
 SAMPLERS = ("tpe", "random")
 
 
@@ -123,9 +123,33 @@ def check(cfg: DictConfig) -> None:
                              "source.seeds=[0,1,2], or null for the one model of source.seed")
         _distinct_seeds(list(many), "source.seeds")
     schedule_mod.check(schedule_spec(cfg))
+    check_device(cfg)
+    workers = OmegaConf.select(cfg, "workers", default=1)
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
+                              or workers < 1):
+        raise BenchError(f"workers={workers!r}; give a number of worker processes >= 1, or auto")
     sizes(cfg)
     strategies(cfg)
     check_hpo(cfg)
+
+
+def check_device(cfg: DictConfig) -> None:
+    """A GPU asked for but not there (no device, a CPU-only torch build, too few devices) is a
+    one-line error before anything is written, not a Lightning traceback mid-study."""
+    accelerator = cfg.trainer.accelerator
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not have:
+        build = (f"torch {torch.__version__} is built without CUDA" if torch.version.cuda is None
+                 else f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU")
+        raise BenchError(f"trainer.accelerator={accelerator} but {build}; use trainer=cpu or "
+                         "trainer=auto")
+    devices = cfg.trainer.devices
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > have:
+        raise BenchError(f"trainer.devices={devices} but only {have} GPU(s) are visible")
 
 
 def _distinct_seeds(seeds: list[int], key: str) -> None:

@@ -242,7 +242,7 @@ def _writable_dir(out: Path) -> None:
                          "set paths.results to a writable folder") from None
 
 
-def _overrides() -> list[str] | None:
+def task_overrides() -> list[str] | None:
     """The command-line overrides of this Hydra run (None when composed without Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -284,7 +284,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
 
     run_id = manifest_mod.new_run_id()
     run_info = {**manifest_mod.run_entry(), "started": started,
-                "overrides": overrides if overrides is not None else _overrides(),
+                "overrides": overrides if overrides is not None else task_overrides(),
                 "config": OmegaConf.to_container(cfg, resolve=True)}
     shared = {"study": cfg.study, "study_hash": config_mod.study_hash(cfg),
               "config": config_mod.study_identity(cfg), "data": data_provenance(prep, cfg),
@@ -319,6 +319,13 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     todo = [(m, size) for m, size in cells
             if any(key(m, size, seed, t) not in done for seed in cfg.seeds
                    for t in tunings(m, cfg))]
+    # Workers sharing the study start at their own share of the list, so they seldom run the
+    # same cell at once (one that is recorded meanwhile is skipped); tuned cells would share
+    # trials anyway, untuned ones would otherwise all run the same fits.
+    worker = int(OmegaConf.select(cfg, "hpo.worker_id", default=0) or 0)
+    count = int(OmegaConf.select(cfg, "hpo.worker_count", default=1) or 1)
+    offset = (worker * len(todo) // count) % max(len(todo), 1)
+    todo = todo[offset:] + todo[:offset]
     console.print(f"{cfg.study}: {len(cells)} cells x {len(cfg.seeds)} seeds, "
                   f"{len(cells) - len(todo)} cells already complete; protocol "
                   f"{prep.protocol.describe()}"
