@@ -541,17 +541,27 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
     """One table of several studies, e.g. one study under two protocols: rows are strategies,
     columns (size, study) pairs, each cell mean [95% CI] (seeds); a header per study states its
     protocol and labels. Deterministic given the records."""
+    dirs = [Path(d) for d in study_dirs]
+    # A study is named by its folder, or by as much of its path as tells it from the others
+    # (two runs of one study in two results folders must not overwrite each other's columns).
+    labels = [d.name for d in dirs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{d.parent.name}/{d.name}" for d in dirs]
+    if len(set(labels)) < len(labels):
+        labels = [str(d) for d in dirs]
+    if len(set(labels)) < len(labels):
+        raise BenchError("--side-by-side was given the same study twice")
     tables, lines, order, protocols = {}, [], [], []
-    for d in study_dirs:
-        records = load_records(Path(d) / RECORDS)
+    for d, label in zip(dirs, labels):
+        records = load_records(d / RECORDS)
         if not records:
             raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
-        df = frame(records, metric, legacy_validation(Path(d)), test_labels(Path(d)))
+        df = frame(records, metric, legacy_validation(d), test_labels(d))
         names = _order(df["strategy"], records)
         order += [n for n in names if n not in order]
-        tables[Path(d).name] = cell_table(df, names)
+        tables[label] = cell_table(df, names)
         protocols.append(" + ".join(sorted(df["protocol"].unique())))
-        lines.append(f"- `{Path(d).name}`: {protocol_line(df)} {interval_note(df)}")
+        lines.append(f"- `{label}`: {protocol_line(df)} {interval_note(df)}")
     # Columns are named by protocol when that tells the studies apart, else by study.
     if len(set(protocols)) == len(protocols):
         tables = dict(zip(protocols, tables.values()))

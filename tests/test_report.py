@@ -238,3 +238,21 @@ def test_a_tuned_value_at_the_edge_of_its_range_is_flagged(reported, tuned_study
     rows = [l for l in text.splitlines() if l.startswith("| full")]
     assert len(rows) == 1 and "| train.lr " in rows[0] and "| 1 " in rows[0]
     assert not any(l.startswith(("| scratch", "| frozen")) for l in text.splitlines())
+
+
+def test_side_by_side_keeps_two_runs_of_one_study_apart(reported, tuned_study, tmp_path):
+    """The same study name in two results folders: both get columns, named by their folders."""
+    import shutil
+
+    for where in ("w1", "w2"):
+        shutil.copytree(tuned_study, tmp_path / where / "small",
+                        ignore=shutil.ignore_patterns("report", "reproductions"))
+    out = tmp_path / "sbs.md"
+    proc = run_cli("report", str(tmp_path / "w1" / "small"), str(tmp_path / "w2" / "small"),
+                   "--no-plots", "--side-by-side", str(out))
+    assert proc.returncode == 0, proc.stderr
+    header = [l for l in out.read_text().splitlines() if l.startswith("| strategy")][0]
+    assert "n=20 w1/small" in header and "n=20 w2/small" in header
+    twice = run_cli("report", str(tuned_study), str(tuned_study), "--no-plots", "--side-by-side",
+                    str(out))
+    assert twice.returncode == 2 and "the same study twice" in twice.stderr
