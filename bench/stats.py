@@ -12,10 +12,11 @@ the interval counts two kinds of noise, taken apart with a two-way random-effect
 * the test-sample part ``V_test = MS_example / (S N)``, estimated from N examples.
 
 The half-width is ``sqrt(t_{S-1}^2 V_seed + t_{N-1}^2 V_test)``: each part with the quantile
-of its own degrees of freedom. With S = 3..10 seeds this covers at 94-96% where a Satterthwaite
-t-interval covers 92-95% and a percentile bootstrap over seed means 57-85% (simulated in
-``tests/test_stats.py``; table in ``results/coverage.md``). The p-value is the level at which the interval's edge reaches 0, so
-the CI excludes 0 exactly when p < alpha: CI, p, verdict and tie mark can never disagree.
+of its own degrees of freedom. With S = 3..10 seeds this covers at 94-96% where a
+Satterthwaite t-interval covers 92-95% and a percentile bootstrap over seed means 57-85%
+(simulated in ``tests/test_stats.py``; table in ``results/coverage.md``). The p-value is the
+level at which the interval's edge reaches 0, so the CI excludes 0 exactly when p < alpha: CI,
+p, verdict and tie mark can never disagree.
 Records without per-example predictions (older studies) get the plain t-interval over seed
 means, which counts seed noise only; the report says which was used.
 """

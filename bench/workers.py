@@ -38,13 +38,11 @@ GPU_WORKERS_PER_DEVICE = 4
 
 
 def resolve(value: Any, gpus: int, cpus: int) -> int:
-    """``workers`` as a count: ``auto`` is one per CPU core (one thread each) on a CPU machine,
-    ``GPU_WORKERS_PER_DEVICE`` per GPU on a GPU machine."""
+    """``workers`` (checked by :func:`bench.config.check`) as a count: ``auto`` is one per CPU
+    core (one thread each) on a CPU machine, ``GPU_WORKERS_PER_DEVICE`` per GPU on a GPU one."""
     if value == "auto":
         return gpus * GPU_WORKERS_PER_DEVICE if gpus else max(1, cpus)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BenchError(f"workers={value!r}; give a number of worker processes >= 1, or auto")
-    return value
+    return int(value)
 
 
 def planned_runs(cfg: DictConfig) -> int:
