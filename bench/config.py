@@ -28,6 +28,7 @@ from bench.strategies import Strategy
 # ``source.seeds`` and ``hpo.replicates`` add replicates (more source models, more independent
 # tunings), each recorded under its own key, so they extend a study like more seeds do.
 GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates", "workers",
+             "logger",
              "trainer.accelerator", "trainer.devices",
              "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
              "hpo.worker_count", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
@@ -124,6 +125,7 @@ def check(cfg: DictConfig) -> None:
         _distinct_seeds(list(many), "source.seeds")
     schedule_mod.check(schedule_spec(cfg))
     check_device(cfg)
+    check_logger(cfg)
     workers = OmegaConf.select(cfg, "workers", default=1)
     if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int)
                               or workers < 1):
@@ -150,6 +152,21 @@ def check_device(cfg: DictConfig) -> None:
     devices = cfg.trainer.devices
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > have:
         raise BenchError(f"trainer.devices={devices} but only {have} GPU(s) are visible")
+
+
+LOGGERS = ("none", "csv", "tensorboard")
+
+
+def check_logger(cfg: DictConfig) -> None:
+    name = OmegaConf.select(cfg, "logger.name", default="none")
+    if name not in LOGGERS:
+        raise BenchError(f"logger.name={name!r}; use one of {', '.join(LOGGERS)}")
+    if name == "tensorboard":
+        import importlib.util
+
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise BenchError("logger=tensorboard needs the tensorboard package (pip install "
+                             "tensorboard); or use logger=csv")
 
 
 def _distinct_seeds(seeds: list[int], key: str) -> None:

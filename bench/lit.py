@@ -133,6 +133,7 @@ class TextClassifier(L.LightningModule):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{split}_f1", MulticlassF1Score(num_classes, average="macro"))
             setattr(self, f"{split}_loss", MeanMetric())
+        self.train_loss = MeanMetric()  # per-epoch training curve, only when a logger listens
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
@@ -140,7 +141,14 @@ class TextClassifier(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         ids, y = batch
         loss = F.cross_entropy(self.model(ids), y)
+        if self.logger is not None:
+            self.train_loss.update(loss.detach(), weight=len(y))
         return loss if self.penalty is None else loss + self.penalty(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        if self.logger is not None:
+            self.log("train_loss", self.train_loss.compute())
+            self.train_loss.reset()
 
     # Metrics are accumulated per batch and logged once per epoch: Lightning's ``self.log``
     # costs about 1.5 ms a call on CPU, more than a small model's validation batch.
@@ -244,7 +252,8 @@ class FitResult:
 
 def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | None,
                  test: DataLoader | None, trainer_cfg: Mapping[str, Any], max_epochs: int,
-                 patience: int, min_epochs: int = 1, callbacks: Sequence[Callback] = ()) -> FitResult:
+                 patience: int, min_epochs: int = 1, callbacks: Sequence[Callback] = (),
+                 logger: Any = False) -> FitResult:
     """Train, then evaluate.
 
     With ``val``: early stopping on validation accuracy; the best checkpoint is evaluated (or,
@@ -266,7 +275,7 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
         extra = [c for c in (stop, history, best) if c is not None]
         trainer = L.Trainer(max_epochs=max_epochs,
                             min_epochs=max_epochs if val is None else min(min_epochs, max_epochs),
-                            callbacks=[StopOnDivergence(), *callbacks, *extra], logger=False,
+                            callbacks=[StopOnDivergence(), *callbacks, *extra], logger=logger,
                             enable_progress_bar=False, enable_model_summary=False,
                             enable_checkpointing=best is not None,
                             limit_val_batches=0 if val is None else None,

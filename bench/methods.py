@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as L
@@ -99,17 +100,29 @@ class _Method:
                          sum(f.epochs or 0 for f in fits), sum(f.seconds for f in fits))
 
     def final(self, params: dict[str, Any], n: int, seed: int,
-              rounds: list[int] | None = None) -> Fit:
-        """Train on the n labels (length from ``rounds`` or the fixed validation split); test."""
+              rounds: list[int] | None = None, log_as: str | None = None) -> Fit:
+        """Train on the n labels (length from ``rounds`` or the fixed validation split); test.
+        ``log_as``: the replicate's path under ``<study>/logs`` when ``logger`` is not none."""
         target = self.prep.target
         val = self.prep.protocol.final_validation(target.splits.val)
         return self._fit(params, self.subset(n, seed), val, seed, test=True,
-                         rounds=None if val is not None else rounds)
+                         rounds=None if val is not None else rounds, log_as=log_as)
 
     def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,
-             callbacks: Sequence[Any] = ()) -> Fit:
+             callbacks: Sequence[Any] = (), log_as: str | None = None) -> Fit:
         raise NotImplementedError
+
+
+def fit_logger(cfg: DictConfig, log_as: str | None) -> Any:
+    """Lightning's CSV or TensorBoard logger for one final fit, or False (``logger=none``)."""
+    kind = OmegaConf.select(cfg, "logger.name", default="none")
+    if log_as is None or kind == "none":
+        return False
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    root = Path(cfg.paths.results) / str(cfg.study) / "logs"
+    return (CSVLogger if kind == "csv" else TensorBoardLogger)(str(root), name=log_as)
 
 
 class NeuralMethod(_Method):
@@ -128,7 +141,7 @@ class NeuralMethod(_Method):
 
     def _fit(self, params: dict[str, Any], train_idx: np.ndarray, val_idx: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,
-             callbacks: Sequence[Any] = ()) -> Fit:
+             callbacks: Sequence[Any] = (), log_as: str | None = None) -> Fit:
         prep = self.prep
         cell = with_params(self.cfg, params)
         # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
@@ -166,6 +179,7 @@ class NeuralMethod(_Method):
         result = fit_and_test(module, train, val,
                               target.loader(target.splits.test, EVAL_BATCH) if test else None,
                               callbacks=[freeze_callback(strategy, blocks, lr), *callbacks],
+                              logger=fit_logger(self.cfg, log_as),
                               **{**run, **({"max_epochs": phases[0]} if phases else {})})
         chosen.append(result.best_epoch)
         return Fit(result.metrics, epochs + result.epochs, epochs + result.best_epoch,
@@ -201,7 +215,7 @@ class BaselineMethod(_Method):
 
     def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,
-             callbacks: Sequence[Any] = ()) -> Fit:
+             callbacks: Sequence[Any] = (), log_as: str | None = None) -> Fit:
         target = self.prep.target
         start = time.perf_counter()
         pipeline = baseline.fit(target.data.texts, target.data.labels, train,
@@ -237,7 +251,7 @@ class MajorityMethod(_Method):
 
     def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,
-             callbacks: Sequence[Any] = ()) -> Fit:
+             callbacks: Sequence[Any] = (), log_as: str | None = None) -> Fit:
         labels = self.prep.target.data.labels
         guess = int(np.bincount(labels[train]).argmax())  # ties: the smallest label
         metrics: dict[str, float] = {}

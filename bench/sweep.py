@@ -53,9 +53,9 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
     cell = config_mod.cell_hash(cfg, method.name)
     # Axes a one-source, one-tuning study lacks stay out of the name and the sampler seed, so
     # such studies keep the names (and sampled settings) they always had.
-    extra = ([f"source={method.source_seed}"] if method.source_seed is not None else []) + \
-        ([f"tuning={tuning}"] if tuning else [])
-    name = "/".join([f"{cfg.study}/{cell}/{method.name}/n={size}/seed={seed}", *extra])
+    replicate = replicate_path(method, size, seed, tuning)
+    extra = replicate.split("/")[3:]  # source=<k>, tuning=<t>
+    name = f"{cfg.study}/{cell}/{replicate}"
     attrs = {"config_hash": config_mod.study_hash(cfg), "cell_hash": cell,
              "strategy": method.name, "size": str(size), "n_train": n, "seed": seed,
              "source_seed": method.source_seed, "tuning": tuning,
@@ -96,6 +96,14 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
 def _selection_attrs(chosen: Selection) -> dict[str, Any]:
     return {"rounds": chosen.rounds, "at_cap": chosen.at_cap, "majority": chosen.majority,
             "fold_scores": [round(v, 6) for v in chosen.fold_scores]}
+
+
+def replicate_path(method: Method, size: int | str, seed: int, tuning: int = 0) -> str:
+    """``<strategy>/n=<size>/seed=<seed>[/source=<k>][/tuning=<t>]``: a replicate's name in
+    Optuna study names and log folders; axes a study does not vary are left out."""
+    return "/".join([method.name, f"n={size}", f"seed={seed}",
+                     *([f"source={method.source_seed}"] if method.source_seed is not None else []),
+                     *([f"tuning={tuning}"] if tuning else [])])
 
 
 def tunings(method: Method, cfg: DictConfig) -> range:
@@ -345,7 +353,8 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}{where}")
                 try:
                     params, info = choose(method, cfg, size, n, int(seed), storage, out, t)
-                    fit = method.final(params, n, int(seed), info.get("rounds"))
+                    fit = method.final(params, n, int(seed), info.get("rounds"),
+                                       log_as=replicate_path(method, size, seed, t))
                 except Diverged as exc:
                     console.print(f"warning: {method.name} n={size} seed={seed}{where} diverged "
                                   f"({exc}); no record written")

@@ -1,0 +1,54 @@
+"""`logger=csv`: per-epoch curves of every final fit through Lightning's CSVLogger, results
+unchanged; tuning trials never log."""
+
+from __future__ import annotations
+
+import csv
+
+from bench.results import load_records, record_key
+from conftest import run_cli, small_study_overrides
+
+
+def test_csv_logger_writes_each_final_fits_curve_and_changes_no_result(tmp_path, small_data,
+                                                                       cache):
+    base = [*small_study_overrides(small_data, tmp_path / "plain", cache, hpo="tpe"),
+            "strategy=[scratch]", "hpo.n_trials=2", "hpo.pruner.name=none", "protocol.folds=2"]
+    plain = run_cli("sweep", *base)
+    assert plain.returncode == 0, plain.stderr
+    logged = run_cli("sweep", *[a.replace(str(tmp_path / "plain"), str(tmp_path / "logged"))
+                                for a in base], "logger=csv")
+    assert logged.returncode == 0, logged.stderr
+    study = tmp_path / "logged" / "small"
+
+    def metrics(path):
+        return {record_key(r): r["metrics"] for r in load_records(path / "records.jsonl")}
+
+    assert metrics(study) == metrics(tmp_path / "plain" / "small")  # a logger changes nothing
+    files = sorted((study / "logs").rglob("metrics.csv"))
+    # one per neural final fit (scratch x 2 sizes x 2 seeds), none for the 2-trial tunings
+    assert [str(f.relative_to(study / "logs").parent.parent) for f in files] == [
+        "scratch/n=100/seed=0", "scratch/n=100/seed=1", "scratch/n=20/seed=0",
+        "scratch/n=20/seed=1"]
+    for f, record in zip(files, sorted((r for r in load_records(study / "records.jsonl")
+                                        if r["strategy"] == "scratch"),
+                                       key=lambda r: (str(r["size"]), r["seed"]))):
+        rows = list(csv.DictReader(f.open()))
+        losses = [float(r["train_loss"]) for r in rows if r.get("train_loss")]
+        assert len(losses) == record["epochs"]  # one training loss per round
+        tested = [r for r in rows if r.get("test_acc")]
+        assert float(tested[-1]["test_acc"]) == __import__("pytest").approx(
+            record["metrics"]["test_acc"], abs=1e-6)
+
+
+def test_an_unavailable_logger_is_one_line_exit_2(tmp_path, small_data, cache):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    proc = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache),
+                   "logger=tensorboard")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "logger=tensorboard needs the tensorboard package" in proc.stderr
+    assert not (tmp_path / "small").exists()
