@@ -20,7 +20,7 @@ from bench import report as report_mod  # noqa: E402
 from bench import stats  # noqa: E402
 from bench.cache import atomic_write  # noqa: E402
 from bench.pareto import PARETO_FILE  # noqa: E402
-from bench.results import RECORDS, load_records  # noqa: E402
+from bench.results import RECORDS, load_records, size_order  # noqa: E402
 
 LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 # Filled markers only (hollow = pruned in the trial plots); 13 distinct, so with 6 line styles
@@ -147,7 +147,7 @@ def _legend_below(fig: plt.Figure, axes: np.ndarray) -> None:
 
 
 def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str) -> list[str]:
-    sizes = sorted(trials["size"].unique(), key=report_mod._size_key)
+    sizes = sorted(trials["size"].unique(), key=size_order)
     fig, axes = _panels(sizes)
     styles = _styles(order)
     for ax, size in zip(axes, sizes):
@@ -172,7 +172,7 @@ def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str
 
 def expected_best(trials: pd.DataFrame, order: list[str], out: Path) -> list[str]:
     """Dodge et al. (2019): expected best validation score of k trials drawn from those run."""
-    sizes = sorted(trials["size"].unique(), key=report_mod._size_key)
+    sizes = sorted(trials["size"].unique(), key=size_order)
     fig, axes = _panels(sizes)
     styles = _styles(order)
     for ax, size in zip(axes, sizes):

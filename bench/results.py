@@ -115,7 +115,8 @@ def record_problems(path: Path) -> list[str]:
     return problems
 
 
-def _size_order(size: str) -> tuple[int, int]:
+def size_order(size: str) -> tuple[int, int]:
+    """Sizes in order, ``all`` (the whole pool) last."""
     return (1, 0) if size == "all" else (0, int(size))
 
 
@@ -134,7 +135,7 @@ def summary_table(records: list[dict[str, Any]], metric: str = "test_acc",
     stats = frame.groupby(["strategy", "size"])[metric].agg(["mean", "std", "count"])
     cells = stats.apply(lambda r: f"{r['mean']:.3f} ± {0.0 if pd.isna(r['std']) else r['std']:.3f}"
                                   f" ({int(r['count'])})", axis=1).unstack("size")
-    sizes = sorted(cells.columns, key=_size_order)
+    sizes = sorted(cells.columns, key=size_order)
     order = [s for s in (strategy_order or []) if s in cells.index]
     order += sorted(s for s in cells.index if s not in order)
     table = cells.loc[order, sizes].fillna("")
@@ -176,6 +177,6 @@ def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame(rows.values())
-    frame["_order"] = frame["size"].map(_size_order)
+    frame["_order"] = frame["size"].map(size_order)
     return (frame.sort_values(["_order", "strategy", "seed"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
