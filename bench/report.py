@@ -119,9 +119,9 @@ def per_seed(g: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None]:
     return means, matrix
 
 
-def estimate(g: pd.DataFrame) -> stats.Estimate:
-    """The one interval estimator for a cell (seeds x test examples, or seed means only)."""
-    means, matrix = per_seed(g)
+def estimate(means: pd.Series, matrix: np.ndarray | None) -> stats.Estimate:
+    """The one interval estimator for a cell (seeds x test examples, or seed means only), from
+    :func:`per_seed`."""
     return stats.seed_estimate(means.to_numpy()) if matrix is None else \
         stats.crossed_estimate(matrix)
 
@@ -162,8 +162,8 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     rows, groups = [], {}
     for (strategy, size), g in df.groupby(["strategy", "size"], sort=False):
         groups[(strategy, size)] = g
-        est = estimate(g)
-        means = g.groupby("seed")["score"].mean()
+        means, matrix = per_seed(g)
+        est = estimate(means, matrix)
         # One tuning per replicate (current protocols) or one shared by all seeds (older studies).
         tunings = g.drop_duplicates("tuning_study") if g["tuning_study"].notna().all() else g[:1]
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),

@@ -348,8 +348,8 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             for seed, t in ((s, t) for s in cfg.seeds for t in tunings(method, cfg)):
                 if key(method, size, seed, t) in done | _recorded(records_path):
                     continue  # recorded before this run, or meanwhile by another worker
-                where = "".join([f" source={method.source_seed}"] * (method.source_seed is not None)
-                                + [f" tuning={t}"] * bool(t))
+                where = "".join(f" {axis}" for axis in
+                                replicate_path(method, size, seed, t).split("/")[3:])
                 bar.update(task, description=f"{method.name:>12} n={size} seed={seed}{where}")
                 try:
                     params, info = choose(method, cfg, size, n, int(seed), storage, out, t)
