@@ -41,6 +41,12 @@ strategies: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_strategies $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_strategies
 
+## minilm: regenerate the committed MiniLM study (50 and 200 labels, then 1,000; 3 seeds)
+minilm: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm $(ARGS)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm_1000 $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_minilm
+
 ## benchmark: suite vs plain PyTorch throughput, per-trial overhead, default study wall time
 benchmark: $(STAMP)
 	$(BIN)/transfer-bench benchmark --study $(ARGS)

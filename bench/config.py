@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.cache import stable_hash
 from bench import schedule as schedule_mod
 from bench.errors import BenchError
-from bench.models.textcnn import TextCNN
+from bench import models
 from bench.protocol import Protocol
 from bench.strategies import Strategy
 
@@ -51,11 +51,21 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def strategies(cfg: DictConfig) -> list[Strategy]:
-    blocks = TextCNN.blocks
+    """The selected strategies, checked against the model's blocks and kind."""
+    blocks = models.blocks(cfg.model)
     selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
     if not selected:
         raise BenchError("no strategy selected; e.g. strategy=[scratch,full]")
-    return [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
+    out = [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
+    transformer = models.is_transformer(cfg.model)
+    for s in out:
+        if s.lora and not transformer:
+            raise BenchError(f"strategy {s.name!r} adds LoRA adapters, which need a transformer "
+                             "backbone (model=minilm); the TextCNN has no attention layers")
+        if s.transfer == "vectors" and transformer:
+            raise BenchError(f"strategy {s.name!r} transfers word vectors, which a transformer "
+                             "does not use (it embeds its own subwords); use model=textcnn")
+    return out
 
 
 def sizes(cfg: DictConfig) -> list[int | str]:
@@ -84,7 +94,7 @@ def check(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "study"):
         raise BenchError("no study name; pick an experiment (experiment=movie_to_amazon) or set study=NAME")
     for prefix, node in (("data.source", cfg.data.source), ("data.target", cfg.data.target),
-                         ("embeddings", cfg.embeddings)):
+                         ("embeddings", cfg.embeddings), ("model", cfg.model)):
         for key in node:
             if OmegaConf.is_missing(node, key):
                 raise BenchError(f"{prefix}.{key} is required here (e.g. {prefix}.{key}=...)")
@@ -92,15 +102,12 @@ def check(cfg: DictConfig) -> None:
         _positive(cfg, key)
     for key in ("train.batch_size", "train.min_epochs", "train.max_epochs", "train.patience",
                 "train.min_steps", "source.batch_size", "source.min_epochs", "source.max_epochs",
-                "source.patience", "model.embedding_dim", "model.maps"):
+                "source.patience"):
         _positive(cfg, key, int)
     if cfg.train.min_epochs > cfg.train.max_epochs:
         raise BenchError(f"train.min_epochs={cfg.train.min_epochs} exceeds train.max_epochs="
                          f"{cfg.train.max_epochs}")
-    windows = list(cfg.model.windows) if OmegaConf.is_list(cfg.model.windows) else None
-    if not windows or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in windows):
-        raise BenchError(f"model.windows={cfg.model.windows!r}; give a list of window widths "
-                         ">= 1, e.g. [3,4,5]")
+    models.check(cfg)
     protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True))
     if protocol.name == "budget" and cfg.hpo.mode == "pareto":
         raise BenchError("hpo.mode=pareto searches sizes on the validation split; run it with "
@@ -111,8 +118,6 @@ def check(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, (int, float)) or value < 0:
             raise BenchError(f"{key}={value!r}; it must be a number >= 0")
-    if not 0 <= cfg.model.dropout < 1:
-        raise BenchError(f"model.dropout={cfg.model.dropout!r}; it must be in [0, 1)")
     if not cfg.seeds or not all(isinstance(s, int) and s >= 0 for s in cfg.seeds):
         raise BenchError(f"seeds={list(cfg.seeds)!r}; give a list of integers >= 0 (0 is a seed)")
     _distinct_seeds(list(cfg.seeds), "seeds")

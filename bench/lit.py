@@ -32,19 +32,29 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*but have no `val_dataloader`.*")  # final fits
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen blocks
     # Deterministic cuBLAS needs this set before the first CUDA call.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def _trim(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+class _Trim:
     """Cut the padded id matrix to the longest text in this batch (dynamic padding).
 
     The model, not the loader, pads further when it needs a minimum width (a convolution
     window), and masks padding, so a text's logits do not depend on its batch neighbours.
     """
-    ids, labels = batch
-    width = max(int((ids != 0).sum(dim=1).max()), 1)
-    return ids[:, :width], labels
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, labels = batch
+        width = max(int((ids != self.pad_id).sum(dim=1).max()), 1)
+        return ids[:, :width], labels
+
+
+def _whole(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0], batch[1]
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -99,21 +109,24 @@ def passes_per_round(n_train: int, batch_size: int, max_rounds: int, min_steps: 
 
 
 def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-           seed: int = 0, passes: int = 1) -> DataLoader:
+           seed: int = 0, passes: int = 1, pad_id: int = 0) -> DataLoader:
     """Whole batches are indexed out of the tensors at once: no per-example Python work.
 
     Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
     :func:`passes_per_round`); evaluation batches go through the texts sorted by length (order
-    does not change a metric, and the padding all but disappears).
+    does not change a metric, and the padding all but disappears). Float rows (cached frozen
+    features) have no length: the same sampler then just shuffles them.
     """
     dataset = TensorDataset(ids, labels)
-    lengths = (ids != 0).sum(dim=1)
+    features = ids.is_floating_point()
+    lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(dim=1)
     if shuffle:
         sampler: Any = BucketBatchSampler(lengths, batch_size, seed, passes=passes)
     else:
         by_length = torch.argsort(lengths, stable=True).tolist()
         sampler = BatchSampler(by_length, batch_size, False)
-    return DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=_trim)
+    return DataLoader(dataset, batch_size=None, sampler=sampler,
+                      collate_fn=_whole if features else _Trim(pad_id))
 
 
 class TextClassifier(L.LightningModule):
@@ -122,9 +135,10 @@ class TextClassifier(L.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.0,
                  strategy: Strategy | None = None,
                  penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-                 schedule: Mapping[str, Any] | None = None) -> None:
+                 schedule: Mapping[str, Any] | None = None, optimizer: str = "adam") -> None:
         super().__init__()
         self.model = model
+        self.optimizer_name = optimizer  # adam (TextCNN) | adamw (transformers)
         self.lr, self.weight_decay = lr, weight_decay
         self.strategy = strategy  # per-block LR factors (lr_mult, lr_decay)
         self.penalty = penalty    # e.g. L2-SP, added to the training loss
@@ -137,6 +151,20 @@ class TextClassifier(L.LightningModule):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
+
+    def train(self, mode: bool = True) -> "TextClassifier":
+        """Blocks with nothing to train stay in eval mode (no dropout): a frozen feature
+        extractor computes the same features in every epoch, as its cached features assume."""
+        super().train(mode)
+        if mode:
+            for name in self.model.blocks:
+                block = self.model.block(name)
+                if not any(p.requires_grad for p in block.parameters()):
+                    block.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        self.train()  # after the callbacks froze their blocks (Lightning keeps module modes)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         ids, y = batch
@@ -192,7 +220,8 @@ class TextClassifier(L.LightningModule):
         groups = param_groups(self.model, self.model.blocks, self.lr, self.strategy)
         # The fused kernel updates all parameters in one pass: on CPU the step is ~7x faster
         # than the per-tensor loop (the 1M-weight embedding dominates), same arithmetic.
-        optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+        kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
+        optimizer = kind(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
         if is_constant(self.schedule):
             return optimizer
         scheduler = make_scheduler(optimizer, self.schedule,

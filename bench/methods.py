@@ -3,8 +3,9 @@
 ``select(params, n, seed)`` scores a setting inside the protocol (k-fold CV inside the n
 labels, or the fixed validation split) and says how many rounds training should last;
 ``final(params, n, seed, rounds)`` trains on the n labels and evaluates once on test. A neural
-method is a transfer strategy applied to the TextCNN with one source model (a study with
-several source models has one method per strategy and source seed); the baselines are TF-IDF +
+method is a transfer strategy applied to the study's backbone (TextCNN or transformer) with one
+source model (a study with several source models has one method per strategy and source
+seed); the baselines are TF-IDF +
 logistic regression on the same subsets and folds, and the majority class of the n labels.
 """
 
@@ -18,14 +19,15 @@ from typing import Any, Sequence
 
 import lightning.pytorch as L
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import f1_score
 
 from bench import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
-from bench.lit import (EVAL_BATCH, TextClassifier, fit_and_test, passes_per_round)
-from bench.models.textcnn import TextCNN
+from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
+from bench.models.transformer import Probe, frozen_features
 from bench.prepare import Prepared, trainer_kwargs
 from bench.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
 
@@ -126,7 +128,12 @@ def fit_logger(cfg: DictConfig, log_as: str | None) -> Any:
 
 
 class NeuralMethod(_Method):
-    """A transfer strategy applied to the TextCNN."""
+    """A transfer strategy applied to the study's backbone.
+
+    On a transformer, a strategy that trains the head alone on a body that never changes
+    (``frozen``) runs the body once per text (:meth:`features`) and trains the head on those
+    cached features: the same model and the same arithmetic, seconds instead of minutes.
+    """
 
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
                  source_seed: int | None = None) -> None:
@@ -138,6 +145,40 @@ class NeuralMethod(_Method):
         self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
         self.prunes = True
+        self.caches = prep.backbone.caches_features and strategy.probes_only
+        self._features: torch.Tensor | None = None
+
+    def features(self) -> torch.Tensor:
+        """The frozen body's features of every target text: computed once, in eval mode."""
+        if self._features is None:
+            model = self._build(self.strategy, self.cfg)
+            self._features = frozen_features(model, self.prep.target.ids)
+        return self._features
+
+    def _build(self, strategy: Strategy, cell: DictConfig) -> torch.nn.Module:
+        prep = self.prep
+        return build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
+                           self.source.state_dict if self.source else None,
+                           lora_targets=list(cell.model.get("lora_targets") or ()))
+
+    def _loaders(self, model: torch.nn.Module, train_idx: np.ndarray, val_idx: np.ndarray | None,
+                 bs: int, seed: int, passes: int, test: bool) -> tuple[torch.nn.Module, Any, Any, Any]:
+        """(model, train, validation, test loaders): over token ids, or over cached features
+        with the head alone as the model."""
+        target = self.prep.target
+        if not self.caches:
+            return (model, target.loader(train_idx, bs, True, seed, passes),
+                    None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
+                    target.loader(target.splits.test, EVAL_BATCH) if test else None)
+        x, y = self.features(), target.labels
+
+        def over(index: np.ndarray, shuffle: bool, size: int) -> Any:
+            idx = torch.as_tensor(index, dtype=torch.long)
+            return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1)
+
+        return (Probe(model.head), over(train_idx, True, bs),
+                None if val_idx is None else over(val_idx, False, EVAL_BATCH),
+                over(target.splits.test, False, EVAL_BATCH) if test else None)
 
     def _fit(self, params: dict[str, Any], train_idx: np.ndarray, val_idx: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,
@@ -147,16 +188,17 @@ class NeuralMethod(_Method):
         # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
         strategy = Strategy.from_config(
             self.name, OmegaConf.to_container(cell.strategy[self.name], resolve=True) or {},
-            TextCNN.blocks)
+            prep.backbone.blocks)
         target = prep.target
         L.seed_everything(seed, workers=True, verbose=False)
-        model = build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
-                            self.source.state_dict if self.source else None)
-        blocks, lr, bs = model.blocks, float(cell.train.lr), int(cell.train.batch_size)
+        model = self._build(strategy, cell)
+        lr, bs = float(cell.train.lr), int(cell.train.batch_size)
         max_rounds = int(cell.train.max_epochs)
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
-        train = target.loader(train_idx, bs, True, seed, passes)
-        val = None if val_idx is None else target.loader(val_idx, EVAL_BATCH)
+        model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed,
+                                                       passes, test)
+        blocks = model.blocks
+        optimizer = str(cell.model.get("optimizer", "adam"))
         run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,
                    patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs))
         phases = list(rounds) if rounds else None  # fixed lengths: no validation at all
@@ -166,7 +208,7 @@ class NeuralMethod(_Method):
         epochs, chosen = 0, []
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
             probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                   strategy, penalty, schedule)
+                                   strategy, penalty, schedule, optimizer)
             head_only = FreezeBlocks([b for b in blocks if b != "head"])
             first = fit_and_test(probe, train, val, val, callbacks=[head_only],
                                  **{**run, **({"max_epochs": phases[0]} if phases else {})})
@@ -175,9 +217,8 @@ class NeuralMethod(_Method):
             chosen.append(first.best_epoch)
             phases = phases[1:] if phases else None
         module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                strategy, penalty, schedule)
-        result = fit_and_test(module, train, val,
-                              target.loader(target.splits.test, EVAL_BATCH) if test else None,
+                                strategy, penalty, schedule, optimizer)
+        result = fit_and_test(module, train, val, test_loader,
                               callbacks=[freeze_callback(strategy, blocks, lr), *callbacks],
                               logger=fit_logger(self.cfg, log_as),
                               **{**run, **({"max_epochs": phases[0]} if phases else {})})
@@ -187,14 +228,15 @@ class NeuralMethod(_Method):
                    result.test_predictions)
 
     def describe(self) -> dict[str, Any]:
-        prep, blocks = self.prep, TextCNN.blocks
+        prep, blocks = self.prep, self.prep.backbone.blocks
         return {
             "strategy_spec": {"transfer": self.strategy.transfer,
                               "trainable": self.strategy.trainable_blocks(blocks),
                               "lr_mult": dict(self.strategy.lr_mult),
                               **{k: getattr(self.strategy, k) for k in (
-                                  "lr_decay", "unfreeze_every", "lp_ft", "l2sp")
-                                 if getattr(self.strategy, k) not in (None, 1.0)}},
+                                  "lr_decay", "unfreeze_every", "lp_ft", "l2sp", "lora",
+                                  "bitfit")
+                                 if getattr(self.strategy, k) not in (None, 1.0, False)}},
             "source": None if self.source is None
             else {"key": self.source.key, **self.source.metrics},
             "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {

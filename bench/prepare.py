@@ -24,9 +24,11 @@ from bench.cache import cache_root
 from bench.data.inspect import inspect_data
 from bench.data.sources import LabelledTexts, load_dataset
 from bench.data.task import Task, make_task, split
-from bench.data.text import Vocab
+from bench.data.text import Vocab, cached_tensorize
 from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
 from bench.errors import BenchError
+from bench.models import Backbone, is_transformer, model_folder
+from bench.models import transformer as transformer_mod
 from bench.pretrain import SourceModel, pretrain_source
 from bench.protocol import Protocol
 from bench.strategies import Strategy
@@ -36,7 +38,7 @@ from bench.strategies import Strategy
 class Prepared:
     """Everything a cell needs, loaded once per process and shared by all cells."""
 
-    vocab: Vocab
+    vocab: Vocab | None  # the TextCNN's word vocabulary (a transformer brings its own)
     source: Task
     target: Task
     vectors: Vectors | None
@@ -45,6 +47,7 @@ class Prepared:
     source_models: dict[int, SourceModel]  # by source seed: one, or one per ``source.seeds``
     make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
     protocol: Protocol
+    backbone: Backbone
 
     @property
     def source_model(self) -> SourceModel | None:
@@ -79,21 +82,27 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
             console.print(f"data warning: {warning}")
     source_texts = training_texts(source_data, source_splits.pool, protocol)
     target_texts = training_texts(target_data, target_splits.pool, protocol)
-    # Every word the training pools use: words seen only in test texts map to <unk>.
-    vocab = Vocab.build([source_texts, target_texts])
-    source = make_task(source_data, cfg.data.source, vocab, source_splits, cache)
-    target = make_task(target_data, cfg.data.target, vocab, target_splits, cache)
+    vocab = None
+    if is_transformer(cfg.model):
+        backbone = transformer_backbone(cfg, cache)
+    else:
+        # Every word the training pools use: words seen only in test texts map to <unk>.
+        vocab = Vocab.build([source_texts, target_texts])
+        backbone = textcnn_backbone(vocab)
+    source = make_task(source_data, cfg.data.source, backbone, source_splits, cache)
+    target = make_task(target_data, cfg.data.target, backbone, target_splits, cache)
     for size in sizes:
         protocol.check_size(resolve_size(size, target), f"data.sizes has {size}")
 
     def make_model(model_cfg: Any) -> torch.nn.Module:
-        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=target.num_classes,
-                           _convert_="all")
+        return backbone.build(model_cfg, target.num_classes)
 
     transfers = {s.transfer for s in strategies}
     vectors = matrix = None
     cover: dict[str, float] = {}
-    if transfers & {"vectors", "network"} and cfg.embeddings.kind != "none":
+    if backbone.kind == "transformer":
+        pass  # the encoder embeds its own subwords: no word vectors
+    elif transfers & {"vectors", "network"} and cfg.embeddings.kind != "none":
         corpora = {"source": lambda: source_texts, "target": lambda: target_texts,
                    "newsgroups": lambda: _newsgroups_train(cache)}
         vectors = load_vectors(OmegaConf.to_container(cfg.embeddings, resolve=True), cache, corpora)
@@ -108,17 +117,25 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
         raise BenchError("a selected strategy transfers word vectors but embeddings=none")
 
     source_models: dict[int, SourceModel] = {}
-    if "network" in transfers:
+    if "network" in transfers and backbone.kind == "transformer" \
+            and not cfg.model.get("intermediate"):
+        # No source step: "transferred" is the pretrained encoder itself (seed-free).
+        hub = SourceModel(backbone.pretrained(), {}, f"hub-{backbone.identity}", 0.0, True)
+        source_models = {k: hub for k in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]}
+    elif "network" in transfers:
         if console:
             console.print(f"source model on {source_data.name} ({len(source.splits.pool)} "
                           "training texts): trained once, then cached")
 
         def make_source_model() -> torch.nn.Module:
-            return instantiate(cfg.model, vocab_size=len(vocab), num_classes=source.num_classes,
-                               _convert_="all")
+            model = backbone.build(cfg.model, source.num_classes)
+            start = backbone.pretrained()  # STILTs: the source step starts from the hub weights
+            if start is not None:
+                model.load_state_dict(start, strict=False)
+            return model
 
         key_parts = {"data": OmegaConf.to_container(cfg.data.source, resolve=True),
-                     "split_seed": seed, "vocab": vocab.digest,
+                     "split_seed": seed, "vocab": vocab.digest if vocab else backbone.identity,
                      "vectors": vectors.identity if vectors else None,
                      "model": OmegaConf.to_container(cfg.model, resolve=True)}
         settings = OmegaConf.to_container(cfg.source, resolve=True)
@@ -126,9 +143,39 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
         for source_seed in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]:
             source_models[source_seed] = pretrain_source(
                 source, make_source_model, matrix, key_parts, {**settings, "seed": source_seed},
-                trainer_kwargs(cfg), cache)
+                trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
     return Prepared(vocab, source, target, vectors, matrix, cover, source_models, make_model,
-                    protocol)
+                    protocol, backbone)
+
+
+def textcnn_backbone(vocab: Vocab) -> Backbone:
+    """Kim's CNN over the study's word vocabulary (``model=textcnn``)."""
+    from bench.models.textcnn import TextCNN
+
+    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
+        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=classes, _convert_="all")
+
+    def tensorize(texts: Sequence[str], max_len: int, cache: Path, label: str) -> torch.Tensor:
+        return cached_tensorize(texts, vocab, max_len, cache, label)
+
+    return Backbone("textcnn", TextCNN.blocks, 0, tensorize, build, identity=vocab.digest)
+
+
+def transformer_backbone(cfg: DictConfig, cache: Path) -> Backbone:
+    """A Hugging Face encoder from its local folder: subword ids, ``model.max_len`` tokens."""
+    folder = model_folder(cfg.model, cache)
+    transformer_mod.folder_config(folder)
+    max_len = int(cfg.model.max_len)
+
+    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
+        return transformer_mod.Encoder(folder, classes, float(model_cfg.dropout))
+
+    def tensorize(texts: Sequence[str], _: int, cache: Path, label: str) -> torch.Tensor:
+        return transformer_mod.cached_tokenize(texts, folder, max_len, cache, label)
+
+    probe = transformer_mod.Encoder(folder, 2)
+    return Backbone("transformer", probe.blocks, probe.pad_id, tensorize, build, folder,
+                    transformer_mod.weights_digest(folder)[:16])
 
 
 def _newsgroups_train(cache: Path) -> Sequence[str]:

@@ -35,9 +35,11 @@ RECIPE = 3  # 3: checkpoint on validation loss, padding-masked max pooling
 
 def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: torch.Tensor | None,
                     key_parts: Mapping[str, Any], settings: Mapping[str, Any],
-                    trainer_cfg: Mapping[str, Any], cache: Path) -> SourceModel:
+                    trainer_cfg: Mapping[str, Any], cache: Path,
+                    optimizer: str = "adam") -> SourceModel:
     """Return the cached source model for these inputs, training it first if needed."""
-    key = stable_hash({**key_parts, "settings": dict(settings), "recipe": RECIPE})
+    key = stable_hash({**key_parts, "settings": dict(settings), "recipe": RECIPE,
+                       **({"optimizer": optimizer} if optimizer != "adam" else {})})
     built = False
 
     def build() -> dict[str, Any]:
@@ -49,7 +51,7 @@ def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: to
             with torch.no_grad():
                 model.embedding.weight.copy_(vectors)
         module = TextClassifier(model, task.num_classes, float(settings["lr"]),
-                                float(settings["weight_decay"]))
+                                float(settings["weight_decay"]), optimizer=optimizer)
         bs = int(settings["batch_size"])
         result = fit_and_test(module, task.loader(task.splits.pool, bs, True, int(settings["seed"])),
                               task.loader(task.splits.val, EVAL_BATCH),

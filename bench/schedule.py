@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from bench.errors import BenchError
 
-SCHEDULES = ("constant", "slanted_triangular")
+SCHEDULES = ("constant", "slanted_triangular", "linear_warmup")
 
 
 def is_constant(spec: Mapping[str, Any] | None) -> bool:
@@ -30,6 +30,10 @@ def check(spec: Mapping[str, Any] | None, where: str = "train.schedule") -> None
     name = spec.get("name")
     if name not in SCHEDULES:
         raise BenchError(f"{where}.name={name!r}; use one of {', '.join(SCHEDULES)}")
+    if name == "linear_warmup":
+        frac = spec.get("warmup_frac")
+        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 <= frac < 1:
+            raise BenchError(f"{where}.warmup_frac={frac!r}; it must be a number in [0, 1)")
     if name == "slanted_triangular":
         cut, ratio = spec.get("cut_frac"), spec.get("ratio")
         if not isinstance(cut, (int, float)) or isinstance(cut, bool) or not 0 < cut < 1:
@@ -55,6 +59,12 @@ def slanted_triangular(total_steps: int, cut_frac: float, ratio: float) -> Calla
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any],
                    total_steps: int) -> LambdaLR:
     """The scheduler a non-constant ``spec`` names."""
+    if spec["name"] == "linear_warmup":  # transformers' own: linear rise, then linear decay to 0
+        from transformers import get_linear_schedule_with_warmup
+
+        total = max(int(total_steps), 1)
+        return get_linear_schedule_with_warmup(optimizer, int(total * float(spec["warmup_frac"])),
+                                               total)
     factor = slanted_triangular(total_steps, float(spec["cut_frac"]), float(spec["ratio"]))
     return LambdaLR(optimizer, factor)
 

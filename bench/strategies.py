@@ -26,7 +26,7 @@ TRANSFERS = ("none", "vectors", "network")
 
 
 KEYS = ("transfer", "trainable", "lr_mult", "lr_decay", "unfreeze_every", "lp_ft", "l2sp",
-        "space")
+        "lora", "bitfit", "space")
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class Strategy:
     unfreeze_every: int | None = None   # gradual unfreezing: one more block every E epochs
     lp_ft: Mapping[str, float] | None = None   # {ft_lr_mult}: linear probe, then fine-tune
     l2sp: Mapping[str, float] | None = None    # {alpha, beta}: pull towards the source weights
+    lora: Mapping[str, float] | None = None    # {rank, alpha}: low-rank adapters train, not weights
+    bitfit: bool = False                       # only bias terms (and the head) train
     space: Mapping[str, Any] = field(default_factory=dict)  # extra tuned keys for this strategy
 
     @classmethod
@@ -50,7 +52,7 @@ class Strategy:
         strategy = cls(name, cfg.get("transfer", "network"), cfg.get("trainable", "all"),
                        dict(cfg.get("lr_mult") or {}), cfg.get("lr_decay", 1.0),
                        cfg.get("unfreeze_every"), cfg.get("lp_ft"), cfg.get("l2sp"),
-                       dict(cfg.get("space") or {}))
+                       cfg.get("lora"), cfg.get("bitfit", False), dict(cfg.get("space") or {}))
         strategy.trainable_blocks(blocks)  # validate now, not mid-study
         if strategy.transfer not in TRANSFERS:
             raise BenchError(f"strategy {name!r}: transfer={strategy.transfer!r}; "
@@ -63,16 +65,42 @@ class Strategy:
         if strategy.unfreeze_every is not None:
             _number(name, "unfreeze_every", strategy.unfreeze_every, low=1, integer=True)
         for key, spec, fields in (("lp_ft", strategy.lp_ft, ("ft_lr_mult",)),
-                                  ("l2sp", strategy.l2sp, ("alpha", "beta"))):
+                                  ("l2sp", strategy.l2sp, ("alpha", "beta")),
+                                  ("lora", strategy.lora, ("rank", "alpha"))):
             if spec is None:
                 continue
             if not isinstance(spec, Mapping) or set(spec) != set(fields):
                 raise BenchError(f"strategy {name!r}: {key} needs exactly {', '.join(fields)}")
             for f in fields:
                 _number(name, f"{key}.{f}", spec[f], low=1e-12 if key == "lp_ft" else 0.0)
+        if strategy.lora:
+            _number(name, "lora.rank", strategy.lora["rank"], low=1, integer=True)
+        if not isinstance(strategy.bitfit, bool):
+            raise BenchError(f"strategy {name!r}: bitfit={strategy.bitfit!r}; use true or false")
         if strategy.unfreeze_every and strategy.lp_ft:
             raise BenchError(f"strategy {name!r}: choose unfreeze_every or lp_ft, not both")
+        if strategy.lora and strategy.bitfit:
+            raise BenchError(f"strategy {name!r}: choose lora or bitfit, not both")
+        if (strategy.lora or strategy.bitfit) and strategy.transfer != "network":
+            raise BenchError(f"strategy {name!r}: lora and bitfit adapt a transferred network; "
+                             "set transfer: network")
         return strategy
+
+    def trains_parameter(self, name: str) -> bool:
+        """Inside a trainable block below the head: may this parameter train? (LoRA: adapter
+        weights only; BitFit: bias terms only; otherwise every parameter.)"""
+        if self.lora:
+            return "lora_" in name
+        if self.bitfit:
+            return name.endswith("bias")
+        return True
+
+    @property
+    def probes_only(self) -> bool:
+        """Only the new head trains, on a body that never changes: its features can be cached."""
+        return (self.transfer != "none" and self.trainable in (["head"], ("head",))
+                and not (self.lora or self.bitfit or self.lp_ft or self.unfreeze_every
+                         or self.l2sp))
 
     def unfreeze_schedule(self, blocks: tuple[str, ...]) -> list[tuple[int, str]]:
         """(epoch, block) pairs: gradual unfreezing from the top, one block every E epochs."""
@@ -111,7 +139,7 @@ def _number(name: str, key: str, value: Any, low: float, integer: bool = False) 
 
 def build_model(strategy: Strategy, make_model: Callable[[], nn.Module],
                 vectors: torch.Tensor | None, source_state: Mapping[str, torch.Tensor] | None,
-                head: str = "head") -> nn.Module:
+                head: str = "head", lora_targets: Any = ("query", "value")) -> nn.Module:
     """A fresh model initialised as the strategy says. Call under the replicate seed."""
     model = make_model()
     if strategy.transfer == "vectors":
@@ -126,6 +154,10 @@ def build_model(strategy: Strategy, make_model: Callable[[], nn.Module],
         missing, unexpected = model.load_state_dict(below_head, strict=False)
         if unexpected or any(not k.startswith(head + ".") for k in missing):
             raise BenchError("the source model does not match the target model's shape")
+    if strategy.lora:
+        from bench.models.transformer import add_lora
+
+        add_lora(model, int(strategy.lora["rank"]), float(strategy.lora["alpha"]), lora_targets)
     return model
 
 
@@ -133,23 +165,32 @@ class FreezeBlocks(BaseFinetuning):
     """Freezes the blocks a strategy does not train, before the optimizer is built, and
     unfreezes scheduled ones later, each as a new optimizer group at its own LR."""
 
-    def __init__(self, frozen: list[str], unfreeze: list[tuple[int, str, float]] = ()) -> None:
+    def __init__(self, frozen: list[str], unfreeze: list[tuple[int, str, float]] = (),
+                 keep: Callable[[str], bool] | None = None, head: str = "head") -> None:
         super().__init__()
         self.frozen = frozen
         self.unfreeze = list(unfreeze)  # (epoch, block, lr)
+        self.keep, self.head = keep, head  # parameter filter below the head (LoRA, BitFit)
 
     def freeze_before_training(self, pl_module: Any) -> None:
-        self.make_trainable(pl_module.model)  # a model may arrive frozen (LP-FT's phase 2)
+        model = pl_module.model
+        self.make_trainable(model)  # a model may arrive frozen (LP-FT's phase 2)
         later = [b for _, b, _ in self.unfreeze]
-        modules = [pl_module.model.block(b) for b in [*self.frozen, *later]]
+        modules = [model.block(b) for b in [*self.frozen, *later]]
         if modules:
             self.freeze(modules, train_bn=False)
+        if self.keep is not None:
+            for name in model.blocks:
+                if name != self.head:
+                    for pname, p in model.block(name).named_parameters():
+                        p.requires_grad = p.requires_grad and self.keep(pname)
 
     def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
         for at, block, lr in self.unfreeze:
             if epoch == at:
                 self.unfreeze_and_add_param_group(pl_module.model.block(block), optimizer, lr=lr,
                                                   initial_denom_lr=1.0, train_bn=True)
+                pl_module.model.block(block).train()  # frozen blocks ran in eval mode
                 group = optimizer.param_groups[-1]
                 group["name"] = block
                 for config in pl_module.trainer.lr_scheduler_configs:  # LR schedules include it
@@ -161,7 +202,8 @@ def freeze_callback(strategy: Strategy, blocks: tuple[str, ...], lr: float) -> F
     trainable = strategy.trainable_blocks(blocks)
     schedule = [(epoch, b, lr * strategy.lr_factor(b, blocks))
                 for epoch, b in strategy.unfreeze_schedule(blocks)]
-    return FreezeBlocks([b for b in blocks if b not in trainable], schedule)
+    keep = None if not (strategy.lora or strategy.bitfit) else strategy.trains_parameter
+    return FreezeBlocks([b for b in blocks if b not in trainable], schedule, keep)
 
 
 def param_groups(model: nn.Module, blocks: tuple[str, ...], lr: float,

@@ -286,7 +286,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             "source_models": {str(k): {"key": m.key, "metrics": m.metrics}
                               for k, m in prep.source_models.items()}
             if config_mod.source_seeds(cfg) else None,
-            "vocab_size": len(prep.vocab),
+            "vocab_size": len(prep.vocab) if prep.vocab else None,
             "test_labels": encode_labels(prep.target.data.labels[prep.target.splits.test])}
     _remember_study(out, cfg, study_info)
 
@@ -311,6 +311,9 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     methods.append(MajorityMethod(prep, cfg))
     for k, source_model in prep.source_models.items():
         m = source_model.metrics
+        if not m:  # a transformer's hub weights, no source step
+            console.print(f"transferred network: the pretrained weights ({source_model.key})")
+            break
         state = "from cache" if source_model.from_cache else \
             f"trained in {source_model.train_seconds:.0f} s"
         console.print(f"source model {source_model.key} (seed {k}, {state}): "

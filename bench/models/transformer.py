@@ -1,0 +1,218 @@
+"""A pretrained Hugging Face encoder (BERT-like) split into the blocks strategies act on.
+
+Blocks, bottom to top: ``embeddings``, ``layer_0`` .. ``layer_{L-1}`` (the encoder layers) and
+``head`` (mean pooling over the real tokens, dropout, a linear layer). The network is always
+built from the folder's ``config.json`` with random weights; a strategy that transfers loads
+the pretrained (or source-fine-tuned) weights into it, exactly as for the TextCNN, so
+``scratch`` is the same architecture trained from a random start. Weights and tokenizer are
+read from disk once per process (:func:`load_folder`), never per trial, and nothing is fetched
+from a hub: every ``from_pretrained`` is ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from bench.cache import cached, sha256_file, stable_hash
+from bench.errors import BenchError
+
+TARGET = "bench.models.transformer.Encoder"
+# Where an architecture keeps its embeddings and its list of layers (attribute paths).
+LAYOUTS = {"bert": ("embeddings", "encoder.layer"), "roberta": ("embeddings", "encoder.layer"),
+           "xlm-roberta": ("embeddings", "encoder.layer"), "electra": ("embeddings", "encoder.layer"),
+           "distilbert": ("embeddings", "transformer.layer")}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _quiet() -> None:
+    """No load reports or progress bars from transformers: the study prints one display."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _attr(module: nn.Module, path: str) -> Any:
+    return functools.reduce(getattr, path.split("."), module)
+
+
+@functools.lru_cache(maxsize=4)
+def folder_config(folder: str) -> dict[str, Any]:
+    """``config.json`` of a model folder, checked to be an encoder this module can split."""
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise BenchError(f"model folder {path} has no config.json; give a Hugging Face model "
+                         "folder (config.json, weights, tokenizer)")
+    config = json.loads((path / "config.json").read_text())
+    kind = config.get("model_type")
+    if kind not in LAYOUTS or config.get("is_decoder") or config.get("is_encoder_decoder"):
+        raise BenchError(f"model folder {path} holds a {kind!r} model; transfer-bench splits "
+                         f"encoders only: {', '.join(sorted(LAYOUTS))}")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise BenchError(f"model folder {path} has no weights ({' or '.join(WEIGHT_FILES)})")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        raise BenchError(f"model folder {path} has no tokenizer (tokenizer.json or vocab.txt)")
+    return config
+
+
+def layer_count(folder: str) -> int:
+    config = folder_config(folder)
+    return int(config.get("num_hidden_layers", config.get("n_layers", 0)))
+
+
+def block_names(layers: int) -> tuple[str, ...]:
+    return ("embeddings", *(f"layer_{i}" for i in range(layers)), "head")
+
+
+def max_positions(folder: str) -> int:
+    config = folder_config(folder)
+    positions = int(config.get("max_position_embeddings", 512))
+    # RoBERTa-style position ids start after the padding index.
+    return positions - 2 if config.get("model_type") in ("roberta", "xlm-roberta") else positions
+
+
+class Encoder(nn.Module):
+    """An encoder body with a mean-pooled linear head; ``blocks`` as the module docstring says."""
+
+    def __init__(self, folder: str, num_classes: int, dropout: float = 0.1, **_: Any) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        _quiet()
+        folder = str(Path(folder).expanduser())
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+        self.body = AutoModel.from_config(config, **extra)
+        self.pad_id = int(config.pad_token_id if config.pad_token_id is not None else 0)
+        embeddings, layers = LAYOUTS[config.model_type]
+        self._embeddings, self._layers = embeddings, layers
+        self.blocks = block_names(len(_attr(self.body, layers)))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(config.hidden_size, num_classes))
+
+    def block(self, name: str) -> nn.Module:
+        if name == "head":
+            return self.head
+        if name == "embeddings":
+            return _attr(self.body, self._embeddings)
+        return _attr(self.body, self._layers)[int(name.removeprefix("layer_"))]
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Mean of the last layer's states over the real (non-pad) tokens: ``[B, hidden]``."""
+        mask = (ids != self.pad_id).to(torch.long)
+        hidden = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
+
+
+class Probe(nn.Module):
+    """The head alone, on cached features: a frozen body's strategy costs one forward per text."""
+
+    blocks = ("head",)
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def block(self, name: str) -> nn.Module:
+        return self.head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+@functools.lru_cache(maxsize=2)
+def pretrained_state(folder: str) -> dict[str, torch.Tensor]:
+    """The folder's weights under :class:`Encoder`'s names (``body.*``), read once per process."""
+    from transformers import AutoModel
+
+    _quiet()
+    config = folder_config(folder)
+    extra = {"add_pooling_layer": False} if config["model_type"] == "bert" else {}
+    body = AutoModel.from_pretrained(str(Path(folder).expanduser()), local_files_only=True,
+                                     **extra)
+    return {f"body.{k}": v.detach().clone() for k, v in body.state_dict().items()}
+
+
+def weights_digest(folder: str) -> str:
+    """SHA-256 of the weights file: the identity of "the hub weights" in cache keys."""
+    path = Path(folder).expanduser()
+    return next(sha256_file(path / f) for f in WEIGHT_FILES if (path / f).is_file())
+
+
+@functools.lru_cache(maxsize=2)
+def tokenizer(folder: str) -> Any:
+    from transformers import AutoTokenizer
+
+    _quiet()
+    return AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True)
+
+
+def tokenize(texts: Sequence[str], folder: str, max_len: int) -> torch.Tensor:
+    """Subword ids ``[len(texts), L]`` padded with the model's pad id, at most ``max_len``
+    tokens each (special tokens included); ``L`` is the longest text."""
+    tok = tokenizer(folder)
+    encoded = tok(list(texts), truncation=True, max_length=max_len, padding="longest",
+                  return_tensors="pt")
+    return encoded["input_ids"].to(torch.long)
+
+
+def cached_tokenize(texts: Sequence[str], folder: str, max_len: int, cache: Path,
+                    label: str) -> torch.Tensor:
+    vocab = Path(folder).expanduser()
+    vocab_file = next(vocab / f for f in ("tokenizer.json", "vocab.txt") if (vocab / f).is_file())
+    key = stable_hash([stable_hash(list(texts)), sha256_file(vocab_file), max_len])
+    return cached(cache / "tensors" / f"{label}-subword-{key}.pt",
+                  lambda: tokenize(texts, folder, max_len), lambda t, p: torch.save(t, p),
+                  lambda p: torch.load(p, weights_only=True))
+
+
+def add_lora(model: Encoder, rank: int, alpha: float, targets: Sequence[str]) -> None:
+    """LoRA (Hu et al. 2021) adapters on the named linear layers of every encoder layer, via
+    ``peft``; B starts at zero, so the network computes what it did before."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=int(rank), lora_alpha=float(alpha), lora_dropout=0.0,
+                        target_modules=list(targets), bias="none")
+    try:
+        inject_adapter_in_model(config, model.body)
+    except ValueError as exc:  # no module matches the targets
+        raise BenchError(f"LoRA targets {list(targets)} not found in the model ({exc}); set "
+                         "model.lora_targets") from None
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Frozen-body features of every text of a task, for one set of body weights."""
+
+    key: str
+    features: torch.Tensor  # [N, hidden]
+
+
+@torch.no_grad()
+def frozen_features(model: Encoder, ids: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """``model.features`` of every row of ``ids`` in eval mode (no dropout), batches of similar
+    length cut to their longest text."""
+    was_training = model.training
+    model.eval()
+    lengths = (ids != model.pad_id).sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    out = torch.empty(len(ids), model.head[-1].in_features)
+    for start in range(0, len(ids), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(int(lengths[rows].max()), 1)
+        out[rows] = model.features(ids[rows, :width]).float()
+    model.train(was_training)
+    return out
