@@ -109,17 +109,19 @@ def passes_per_round(n_train: int, batch_size: int, max_rounds: int, min_steps: 
 
 
 def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-           seed: int = 0, passes: int = 1, pad_id: int = 0) -> DataLoader:
+           seed: int = 0, passes: int = 1, pad_id: int = 0,
+           lengths: torch.Tensor | None = None) -> DataLoader:
     """Whole batches are indexed out of the tensors at once: no per-example Python work.
 
     Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
     :func:`passes_per_round`); evaluation batches go through the texts sorted by length (order
     does not change a metric, and the padding all but disappears). Float rows (cached frozen
-    features) have no length: the same sampler then just shuffles them.
+    features) are batched by their texts' ``lengths``, so they meet the same neighbours.
     """
     dataset = TensorDataset(ids, labels)
     features = ids.is_floating_point()
-    lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(dim=1)
+    if lengths is None:
+        lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(1)
     if shuffle:
         sampler: Any = BucketBatchSampler(lengths, batch_size, seed, passes=passes)
     else:

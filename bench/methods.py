@@ -171,10 +171,13 @@ class NeuralMethod(_Method):
                     None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
                     target.loader(target.splits.test, EVAL_BATCH) if test else None)
         x, y = self.features(), target.labels
+        lengths = (target.ids != target.pad_id).sum(dim=1)
 
         def over(index: np.ndarray, shuffle: bool, size: int) -> Any:
+            # batched by the texts' lengths: the very batches the live model would see
             idx = torch.as_tensor(index, dtype=torch.long)
-            return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1)
+            return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1,
+                          lengths=lengths[idx])
 
         return (Probe(model.head), over(train_idx, True, bs),
                 None if val_idx is None else over(val_idx, False, EVAL_BATCH),

