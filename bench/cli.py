@@ -143,8 +143,11 @@ def report(argv: Sequence[str]) -> None:
     if args.side_by_side is not None and len(args.dirs) < 2:
         raise BenchError("--side-by-side needs two or more study directories")
     for d in args.dirs:
-        out, text, notes = report_mod.write(d, args.metric, plots=not args.no_plots,
-                                            against=args.against or ())
+        out, text, notes = report_mod.write(d, args.metric, against=args.against or ())
+        if not args.no_plots:
+            from bench import plots as plots_mod
+
+            notes += plots_mod.write_all(d, out, args.metric)
         print(f"## {d.name}\n\n{text}")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)

@@ -56,15 +56,16 @@ def strategies(cfg: DictConfig) -> list[Strategy]:
     selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
     if not selected:
         raise BenchError("no strategy selected; e.g. strategy=[scratch,full]")
-    out = [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
     transformer = models.is_transformer(cfg.model)
-    for s in out:
-        if s.lora and not transformer:
-            raise BenchError(f"strategy {s.name!r} adds LoRA adapters, which need a transformer "
+    for name, spec in selected.items():  # the model kind first: clearer than a block mismatch
+        spec = spec or {}
+        if spec.get("lora") and not transformer:
+            raise BenchError(f"strategy {name!r} adds LoRA adapters, which need a transformer "
                              "backbone (model=minilm); the TextCNN has no attention layers")
-        if s.transfer == "vectors" and transformer:
-            raise BenchError(f"strategy {s.name!r} transfers word vectors, which a transformer "
+        if spec.get("transfer") == "vectors" and transformer:
+            raise BenchError(f"strategy {name!r} transfers word vectors, which a transformer "
                              "does not use (it embeds its own subwords); use model=textcnn")
+    out = [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
     return out
 
 

@@ -238,13 +238,18 @@ class NeuralMethod(_Method):
                               "lr_mult": dict(self.strategy.lr_mult),
                               **{k: getattr(self.strategy, k) for k in (
                                   "lr_decay", "unfreeze_every", "lp_ft", "l2sp", "lora",
-                                  "bitfit")
-                                 if getattr(self.strategy, k) not in (None, 1.0, False)}},
+                                  "bitfit") if _set(getattr(self.strategy, k))}},
             "source": None if self.source is None
             else {"key": self.source.key, **self.source.metrics},
             "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {
                 "description": prep.vectors.description, "coverage": prep.coverage},
         }
+
+
+def _set(value: Any) -> bool:
+    """A strategy key worth recording: not its neutral default (None, False, lr_decay 1)."""
+    return value is not None and value is not False and not (
+        isinstance(value, float) and value == 1.0)
 
 
 class BaselineMethod(_Method):

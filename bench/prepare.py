@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -24,11 +23,10 @@ from bench.cache import cache_root
 from bench.data.inspect import inspect_data
 from bench.data.sources import LabelledTexts, load_dataset
 from bench.data.task import Task, make_task, split
-from bench.data.text import Vocab, cached_tensorize
+from bench.data.text import Vocab
 from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
 from bench.errors import BenchError
-from bench.models import Backbone, is_transformer, model_folder
-from bench.models import transformer as transformer_mod
+from bench.models import Backbone, is_transformer, textcnn_backbone, transformer_backbone
 from bench.pretrain import SourceModel, pretrain_source
 from bench.protocol import Protocol
 from bench.strategies import Strategy
@@ -84,7 +82,7 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     target_texts = training_texts(target_data, target_splits.pool, protocol)
     vocab = None
     if is_transformer(cfg.model):
-        backbone = transformer_backbone(cfg, cache)
+        backbone = transformer_backbone(cfg.model, cache)
     else:
         # Every word the training pools use: words seen only in test texts map to <unk>.
         vocab = Vocab.build([source_texts, target_texts])
@@ -146,36 +144,6 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
                 trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
     return Prepared(vocab, source, target, vectors, matrix, cover, source_models, make_model,
                     protocol, backbone)
-
-
-def textcnn_backbone(vocab: Vocab) -> Backbone:
-    """Kim's CNN over the study's word vocabulary (``model=textcnn``)."""
-    from bench.models.textcnn import TextCNN
-
-    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
-        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=classes, _convert_="all")
-
-    def tensorize(texts: Sequence[str], max_len: int, cache: Path, label: str) -> torch.Tensor:
-        return cached_tensorize(texts, vocab, max_len, cache, label)
-
-    return Backbone("textcnn", TextCNN.blocks, 0, tensorize, build, identity=vocab.digest)
-
-
-def transformer_backbone(cfg: DictConfig, cache: Path) -> Backbone:
-    """A Hugging Face encoder from its local folder: subword ids, ``model.max_len`` tokens."""
-    folder = model_folder(cfg.model, cache)
-    transformer_mod.folder_config(folder)
-    max_len = int(cfg.model.max_len)
-
-    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
-        return transformer_mod.Encoder(folder, classes, float(model_cfg.dropout))
-
-    def tensorize(texts: Sequence[str], _: int, cache: Path, label: str) -> torch.Tensor:
-        return transformer_mod.cached_tokenize(texts, folder, max_len, cache, label)
-
-    probe = transformer_mod.Encoder(folder, 2)
-    return Backbone("transformer", probe.blocks, probe.pad_id, tensorize, build, folder,
-                    transformer_mod.weights_digest(folder)[:16])
 
 
 def _newsgroups_train(cache: Path) -> Sequence[str]:

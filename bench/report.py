@@ -45,13 +45,13 @@ ALPHA = 0.05
 LEVEL_PCT = round(100 * stats.LEVEL)
 
 
-def _order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
+def strategy_order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
     """Strategies in the order the study ran them (first record), the baseline last."""
     first: dict[str, int] = {}
     for i, r in enumerate(records):
         first.setdefault(r["strategy"], i)
-    return sorted(set(names), key=lambda s: (s == MAJORITY, s.startswith("tfidf"),
-                                             first.get(s, 0), s))
+    baselines = {r["strategy"] for r in records if "baseline" in (r.get("strategy_spec") or {})}
+    return sorted(set(names), key=lambda s: (s == MAJORITY, s in baselines, first.get(s, 0), s))
 
 
 def legacy_validation(study_dir: Path) -> int:
@@ -335,7 +335,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
     df = frame(records, metric, legacy_validation(study_dir), test_labels(study_dir))
-    order = _order(df["strategy"], records)
+    order = strategy_order(df["strategy"], records)
     cells = cell_table(df, order)
     name = study_dir.name
     files: dict[str, str] = {}
@@ -438,7 +438,7 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
         if not records:
             raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
         df = frame(records, metric, legacy_validation(d), test_labels(d))
-        names = _order(df["strategy"], records)
+        names = strategy_order(df["strategy"], records)
         order += [n for n in names if n not in order]
         tables[label] = cell_table(df, names)
         protocols.append(" + ".join(sorted(df["protocol"].unique())))
@@ -460,19 +460,15 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
             + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")
 
 
-def write(study_dir: Path, metric: str = "test_acc", plots: bool = True,
+def write(study_dir: Path, metric: str = "test_acc",
           against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
-    """Write the report folder; returns (folder, markdown to print, notes: unreadable record
-    lines, skipped plots)."""
+    """Write the report's tables; returns (folder, markdown to print, notes: unreadable record
+    lines). Figures are :func:`bench.plots.write_all`'s (it reads these tables' inputs)."""
     files = build(study_dir, metric, against)
     out = study_dir / REPORT_DIR
     for name, text in files.items():
         atomic_write_text(out / name, text)
     notes: list[str] = record_problems(study_dir / RECORDS)
-    if plots:
-        from bench import plots as plots_mod
-
-        notes += plots_mod.write_all(study_dir, out, metric)
     gains = ["gains.md"] + sorted(k for k in files if k.startswith("gains_vs_") and k.endswith(".md"))
     shown = [files[k] for k in ("table.md", *gains, "efficiency.md", "budget.md", "tuning.md")
              if k in files]

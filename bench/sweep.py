@@ -1,5 +1,8 @@
-"""A study: load everything once; for each (strategy, size) cell and replicate seed, choose the
-setting inside the protocol, fit it, test it once, and append a record.
+"""The study loop: load everything once; for each (strategy, size) cell and replicate seed,
+choose the setting inside the protocol (tuned or not), fit it, test it once, append a record.
+
+Preparation lives in :mod:`bench.prepare`, the methods a cell runs in :mod:`bench.methods`,
+the study folder's rules in :mod:`bench.studydir`, the record schema in :mod:`bench.results`.
 
 Records are keyed by (strategy, size, seed) and carry the cell's identity hash; running the same
 command again skips what is recorded and continues each Optuna study, so an interrupted study
@@ -9,33 +12,27 @@ changed under the same name is refused (``study.json`` keeps every definition it
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import config as config_mod
 from bench import manifest as manifest_mod
+from bench import studydir
 from bench import tune as tune_mod
-from bench.cache import atomic_write_text, file_lock, stable_hash
+from bench.cache import atomic_write_text, stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
-from bench.methods import BaselineMethod, Fit, MajorityMethod, Method, NeuralMethod, Selection
+from bench.methods import BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection
 from bench.prepare import data_provenance, prepare, resolve_size
 from bench.results import (RECORDS, Key, append_record, encode_labels, load_records,
-                           markdown_table, record_key)
+                           make_record, markdown_table, record_key)
 
-STUDY_FILE = "study.json"
 TABLE_FILE = "table.md"
 
 
@@ -127,127 +124,8 @@ def choose(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, 
                 **_selection_attrs(chosen)}
 
 
-def fit_flags(info: dict[str, Any], fit: Fit) -> list[str]:
-    """Warnings a reader of the table must see: a fit cut short, or one that learnt nothing."""
-    flags = []
-    if info.get("at_cap") or fit.at_cap:
-        flags.append("at_cap")  # best score at the last round allowed: still improving
-    best, majority = info.get("best_value"), info.get("majority")
-    if best is not None and majority is not None and best < majority:
-        flags.append("below_majority")  # held-out accuracy under always guessing the majority
-    return flags
-
-
-def record(cfg: DictConfig, method: Method, size: int | str, n: int, seed: int, fit: Fit,
-           params: dict[str, Any], hpo_info: dict[str, Any], run_id: str,
-           labels: dict[str, int], tuning: int = 0) -> dict[str, Any]:
-    return {
-        "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
-        "cell_hash": config_mod.cell_hash(cfg, method.name),
-        "run_id": run_id,  # this run's entry in manifest.json
-        "strategy": method.name, "size": size, "n_train": n, "seed": seed,
-        "source_seed": method.source_seed, "tuning": tuning,
-        "protocol": cfg.protocol.name, "labels": labels,
-        "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
-        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
-        "rounds": hpo_info.get("rounds"), "flags": fit_flags(hpo_info, fit),
-        "selection": {k: hpo_info.get(k) for k in ("best_value", "majority", "fold_scores",
-                                                    "at_cap", "seconds")},
-        "diverged": fit.diverged,
-        "params": params, "hpo": hpo_info if hpo_info.get("n_trials") else None,
-        **method.describe(),
-        "test_predictions": encode_labels(fit.test_predictions),
-        "device": _device_name(cfg),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def _device_name(cfg: DictConfig) -> str:
-    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine()
-
-
-def _claim_study_dir(out: Path, cfg: DictConfig) -> None:
-    """Refuse to mix records of a different configuration into an existing study directory,
-    including a strategy redefined under a name the study already ran."""
-    identity = config_mod.study_hash(cfg)
-    info = out / STUDY_FILE
-    if not info.exists():
-        return
-    try:
-        existing = json.loads(info.read_text())
-    except json.JSONDecodeError:
-        existing = {}
-    if existing.get("study_hash") != identity:
-        raise BenchError(f"{out} holds a study with a different configuration; choose another "
-                         f"name with study=NAME (or move the old one away)")
-    ran = existing.get("strategies") or {}
-    for name, definition in config_mod.strategy_definitions(cfg).items():
-        if name in ran and ran[name] != definition:
-            raise BenchError(f"strategy {name!r} in {out} was run with another definition "
-                             f"({_difference(ran[name], definition)}); give the new one its own "
-                             f"name (a new file in conf/strategy/) or use study=NAME")
-
-
-def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
-
-
-def _remember_study(out: Path, cfg: DictConfig, info: dict[str, Any]) -> None:
-    """Add this run's strategy definitions and the test labels to ``study.json`` (under a lock).
-
-    The test labels (one character per test text, like the records' predictions) let the
-    report score every record per test example; a study whose test split changed is refused.
-    """
-    with file_lock(out / (STUDY_FILE + ".lock")):
-        current = json.loads((out / STUDY_FILE).read_text()) if (out / STUDY_FILE).exists() \
-            else info
-        merged = {**config_mod.strategy_definitions(cfg), **(current.get("strategies") or {})}
-        known = current.get("test_labels")
-        if known is not None and known != info["test_labels"]:
-            raise BenchError(f"the test split of {cfg.data.target.name} differs from the one "
-                             f"{out} was scored on (test_labels in {STUDY_FILE}); the data "
-                             "changed: use a new study=NAME")
-        updated = {**current, "strategies": merged, "test_labels": info["test_labels"]}
-        sources = {**(current.get("source_models") or {}), **(info.get("source_models") or {})}
-        if sources:  # a source seed added later is listed with the others
-            updated["source_models"] = sources
-        if updated != current:
-            atomic_write_text(out / STUDY_FILE, json.dumps(updated, indent=2, sort_keys=True)
-                              + "\n")
-
-
 def _recorded(path: Path) -> set[Key]:
     return {record_key(r) for r in load_records(path)}
-
-
-def _check_results_location(out: Path) -> None:
-    """Fail fast if the study folder could not be created or written, leaving no trace."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    hint = "set paths.results to a writable folder"
-    if not existing.is_dir():
-        raise BenchError(f"cannot create the results directory {out}: {existing} is a file, "
-                         f"not a folder; {hint}")
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".transfer-bench-probe-").cleanup()
-    except OSError as exc:
-        raise BenchError(f"cannot write to the results directory {out} ({exc.strerror} in "
-                         f"{existing}); {hint}") from None
-
-
-def _writable_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise BenchError(f"cannot write to the results directory {out} ({exc.strerror}); "
-                         "set paths.results to a writable folder") from None
 
 
 def task_overrides() -> list[str] | None:
@@ -267,10 +145,10 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     strategies = config_mod.strategies(cfg)
     sizes = config_mod.sizes(cfg)
     out = Path(cfg.paths.results) / str(cfg.study)
-    _claim_study_dir(out, cfg)
-    _check_results_location(out)  # before minutes of preparation, without creating anything
+    studydir.claim(out, cfg)
+    studydir.check_location(out)  # before minutes of preparation, without creating anything
     prep = prepare(cfg, strategies, sizes, console)
-    _writable_dir(out)
+    studydir.make_writable(out)
     tuning = int(cfg.hpo.n_trials) > 0
     storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
         if tuning or cfg.hpo.mode == "pareto" else None
@@ -288,7 +166,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             if config_mod.source_seeds(cfg) else None,
             "vocab_size": len(prep.vocab) if prep.vocab else None,
             "test_labels": encode_labels(prep.target.data.labels[prep.target.splits.test])}
-    _remember_study(out, cfg, study_info)
+    studydir.remember(out, cfg, study_info)
 
     run_id = manifest_mod.new_run_id()
     run_info = {**manifest_mod.run_entry(), "started": started,
@@ -365,7 +243,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                 if fit.diverged:
                     console.print(f"warning: {method.name} n={size} seed={seed}{where}: {fit.diverged}; "
                                   "evaluated from its best checkpoint before that")
-                append_record(records_path, record(
+                append_record(records_path, make_record(
                     cfg, method, size, n, int(seed), fit, params, info,
                     run_id, prep.protocol.labels_used(n, n_val), t))
             bar.advance(task)

@@ -224,7 +224,7 @@ def test_unreadable_record_lines_are_reported_but_a_torn_last_line_is_not(tmp_pa
     assert problems == ["records.jsonl line 2: not JSON",
                         "records.jsonl line 4: cut off (an interrupted write)"]
     assert load_records(study / "records.jsonl") == records  # the old call still works
-    _, _, notes = report.write(study, plots=False)
+    _, _, notes = report.write(study)
     assert notes == problems
     (study / "records.jsonl").write_text("\n".join(lines) + "\n")  # complete: not torn
     problems.clear()

@@ -19,7 +19,7 @@ from bench.lit import passes_per_round
 from bench.methods import NeuralMethod, BaselineMethod, Fit
 from bench.models.textcnn import TextCNN
 from bench.prepare import prepare
-from bench.sweep import fit_flags
+from bench.results import fit_flags
 from bench.tune import PRUNERS, make_pruner, open_storage
 
 from conftest import run_cli, small_study_overrides, write_sentiment_csv

@@ -253,8 +253,9 @@ def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
                (tmp_path / "r" / "small" / "records.jsonl").read_text().splitlines()]
     assert {r["strategy"] for r in records} == {*ALL, "majority"}
     lora = next(r for r in records if r["strategy"] == "lora")
-    assert lora["strategy_spec"]["lora"]["rank"] in (4, 8, 16)
-    assert lora["params"]["rank"] == lora["strategy_spec"]["lora"]["rank"]
+    assert lora["params"]["strategy.lora.lora.rank"] in (4, 8, 16)  # tuned
+    bitfit = next(r for r in records if r["strategy"] == "bitfit")
+    assert bitfit["strategy_spec"]["bitfit"] is True
     report = run_cli("report", str(tmp_path / "r" / "small"))
     assert report.returncode == 0, report.stderr
 

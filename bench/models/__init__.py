@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from bench.data.text import cached_tensorize
 from bench.errors import BenchError
 from bench.models import transformer
 from bench.models.textcnn import TextCNN
@@ -117,3 +119,31 @@ class Backbone:
     def pretrained(self) -> dict[str, torch.Tensor] | None:
         """The weights ``transfer: network`` starts from without a source step (the hub's)."""
         return transformer.pretrained_state(self.folder) if self.folder else None
+
+
+def textcnn_backbone(vocab: Any) -> Backbone:
+    """Kim's CNN over the study's word vocabulary (``model=textcnn``)."""
+    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
+        return instantiate(model_cfg, vocab_size=len(vocab), num_classes=classes, _convert_="all")
+
+    def tensorize(texts: Sequence[str], max_len: int, cache: Path, label: str) -> torch.Tensor:
+        return cached_tensorize(texts, vocab, max_len, cache, label)
+
+    return Backbone("textcnn", TextCNN.blocks, 0, tensorize, build, identity=vocab.digest)
+
+
+def transformer_backbone(model_cfg: Any, cache: Path) -> Backbone:
+    """A Hugging Face encoder from its local folder: subword ids, ``model.max_len`` tokens."""
+    folder = model_folder(model_cfg, cache)
+    transformer.folder_config(folder)
+    max_len = int(model_cfg.max_len)
+
+    def build(model_cfg: Any, classes: int) -> torch.nn.Module:
+        return transformer.Encoder(folder, classes, float(model_cfg.dropout))
+
+    def tensorize(texts: Sequence[str], _: int, cache: Path, label: str) -> torch.Tensor:
+        return transformer.cached_tokenize(texts, folder, max_len, cache, label)
+
+    probe = transformer.Encoder(folder, 2)
+    return Backbone("transformer", probe.blocks, probe.pad_id, tensorize, build, folder,
+                    transformer.weights_digest(folder)[:16])
