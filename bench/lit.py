@@ -137,7 +137,8 @@ class TextClassifier(L.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.0,
                  strategy: Strategy | None = None,
                  penalty: Callable[[nn.Module], torch.Tensor] | None = None,
-                 schedule: Mapping[str, Any] | None = None, optimizer: str = "adam") -> None:
+                 schedule: Mapping[str, Any] | None = None, optimizer: str = "adam",
+                 schedule_rounds: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.optimizer_name = optimizer  # adam (TextCNN) | adamw (transformers)
@@ -145,6 +146,9 @@ class TextClassifier(L.LightningModule):
         self.strategy = strategy  # per-block LR factors (lr_mult, lr_decay)
         self.penalty = penalty    # e.g. L2-SP, added to the training loss
         self.schedule = schedule  # train.schedule; None or constant = no scheduler
+        # The schedule spans this many rounds even when the fit runs fewer: a final fit of the
+        # chosen length then follows the very LR path its selection fits did up to that round.
+        self.schedule_rounds = schedule_rounds
         for split in ("val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{split}_f1", MulticlassF1Score(num_classes, average="macro"))
@@ -226,8 +230,10 @@ class TextClassifier(L.LightningModule):
         optimizer = kind(groups, lr=self.lr, weight_decay=self.weight_decay, fused=True)
         if is_constant(self.schedule):
             return optimizer
-        scheduler = make_scheduler(optimizer, self.schedule,
-                                   int(self.trainer.estimated_stepping_batches))
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.schedule_rounds:
+            steps = self.schedule_rounds * int(self.trainer.num_training_batches)
+        scheduler = make_scheduler(optimizer, self.schedule, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

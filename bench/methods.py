@@ -211,7 +211,7 @@ class NeuralMethod(_Method):
         epochs, chosen = 0, []
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
             probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                   strategy, penalty, schedule, optimizer)
+                                   strategy, penalty, schedule, optimizer, max_rounds)
             head_only = FreezeBlocks([b for b in blocks if b != "head"])
             first = fit_and_test(probe, train, val, val, callbacks=[head_only],
                                  **{**run, **({"max_epochs": phases[0]} if phases else {})})
@@ -220,7 +220,7 @@ class NeuralMethod(_Method):
             chosen.append(first.best_epoch)
             phases = phases[1:] if phases else None
         module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                strategy, penalty, schedule, optimizer)
+                                strategy, penalty, schedule, optimizer, max_rounds)
         result = fit_and_test(module, train, val, test_loader,
                               callbacks=[freeze_callback(strategy, blocks, lr), *callbacks],
                               logger=fit_logger(self.cfg, log_as),

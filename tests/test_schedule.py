@@ -63,6 +63,37 @@ def test_groups_added_by_gradual_unfreezing_follow_the_schedule():
     assert len({round(s["encoder"], 12) for s in rec.steps[8:]}) > 10  # it really is scheduled
 
 
+@pytest.mark.parametrize("spec", [{"name": "linear_warmup", "warmup_frac": 0.25},
+                                  {"name": "slanted_triangular", "cut_frac": 0.25, "ratio": 8}])
+def test_a_shorter_final_fit_follows_the_selection_fits_lr_path(spec):
+    """The budget protocol's final fit runs the rounds cross-validation chose (here 2 of 6);
+    its LR must be what the selection fits had in those rounds, not a schedule squeezed into
+    2 rounds (which would skip the warm-up and decay at once)."""
+    strategy = Strategy.from_config("f", {"transfer": "none"}, TextCNN.blocks)
+
+    def fit(epochs: int, rounds: int | None):
+        torch.manual_seed(0)
+        model = build_model(strategy, make_model, None, None)
+        return _train(model, strategy, epochs, 0.01, schedule=spec, recorder=StepLRs(),
+                      batch=4, schedule_rounds=rounds).steps
+
+    selection, final, squeezed = fit(6, 6), fit(2, 6), fit(2, None)
+    assert len(final) == 8 and final == selection[:8]
+    assert squeezed != final
+
+
+def test_linear_warmup_rises_from_zero_then_decays_to_zero():
+    strategy = Strategy.from_config("f", {"transfer": "none"}, TextCNN.blocks)
+    torch.manual_seed(0)
+    steps = _train(build_model(strategy, make_model, None, None), strategy, 5, 0.01,
+                   schedule={"name": "linear_warmup", "warmup_frac": 0.2},
+                   recorder=StepLRs(), batch=4).steps
+    lrs = [s["head"] for s in steps]  # 20 steps: 4 rising, 16 falling
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.01)
+    assert lrs[:5] == sorted(lrs[:5]) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert lrs[-1] == pytest.approx(0.01 / 16)
+
+
 def test_constant_schedule_keeps_every_group_at_its_lr():
     rec = _fit(configured("gradual"), {"name": "constant"}, epochs=3, lr=0.01)
     assert all(v == pytest.approx(0.01) for lrs in rec.steps for v in lrs.values())

@@ -151,14 +151,15 @@ class Recorder(Callback):
 
 
 def _train(model: TextCNN, strategy: Strategy, epochs: int, lr: float = 0.1,
-           penalty=None, schedule=None, recorder: Callback | None = None, batch: int = 8):
+           penalty=None, schedule=None, recorder: Callback | None = None, batch: int = 8,
+           schedule_rounds: int | None = None):
     """Train on 16 random examples with the strategy's freezing; returns the recorder."""
     torch.manual_seed(0)
     ids = torch.randint(2, VOCAB, (16, 7))
     labels = torch.randint(0, CLASSES, (16,))
     recorder = recorder or Recorder()
     module = TextClassifier(model, CLASSES, lr=lr, strategy=strategy, penalty=penalty,
-                            schedule=schedule)
+                            schedule=schedule, schedule_rounds=schedule_rounds)
     fit_and_test(module, loader(ids, labels, batch, True), loader(ids, labels, 16, False), None,
                  {"accelerator": "cpu", "deterministic": True}, max_epochs=epochs,
                  patience=epochs, min_epochs=epochs,
