@@ -118,10 +118,44 @@ def _accuracy(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -
         return float((model(ids).argmax(1) == labels).float().mean())
 
 
-def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int) -> Throughput:
+def plain_transformer_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+                             batch_size: int, epochs: int, lr: float, weight_decay: float,
+                             seed: int, pad_id: int) -> list[float]:
+    """The usual fine-tuning script: shuffled batches, each padded to its longest text
+    (dynamic padding; the ids are already cut to ``model.max_len``), AdamW, cross-entropy."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = (ids != pad_id).sum(dim=1)
+    model.train()
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        order = torch.randperm(len(ids), generator=generator)
+        for i in range(0, len(order), batch_size):
+            batch = order[i:i + batch_size]
+            width = int(lengths[batch].max())
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(ids[batch, :width]), labels[batch])
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _pool(prep: Any, examples: int | None) -> Any:
+    """The source pool, or its first ``examples`` texts (a transformer epoch over 10k texts
+    takes minutes on a CPU)."""
+    pool = prep.source.splits.pool
+    return pool if not examples else pool[:examples]
+
+
+def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,
+                       examples: int | None = None) -> Throughput:
     """Alternate suite and plain runs so that machine noise hits both alike."""
+    if prep.backbone.kind == "transformer":
+        return measure_transformer(prep, cfg, epochs, repeats, examples)
     source = prep.source
-    pool = source.splits.pool
+    pool = _pool(prep, examples)
     bs = int(cfg.train.batch_size)
     lr = float(cfg.source.lr)
     val_ids, val_labels = source.ids[source.splits.val], source.labels[source.splits.val]
@@ -162,6 +196,52 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int) -> Throug
                       statistics.median(plain_acc))
 
 
+def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
+                        examples: int | None) -> Throughput:
+    """Full fine-tuning of the pretrained encoder: the suite's loop (bucketed batches, AdamW
+    with the configured schedule) against a plain loop with dynamic padding. ``plain_fused``
+    is left empty: both sides use the same optimizer."""
+    source, backbone = prep.source, prep.backbone
+    pool = _pool(prep, examples or 512)
+    bs, lr, wd = int(cfg.train.batch_size), float(cfg.train.lr), float(cfg.train.weight_decay)
+    val = source.splits.val[:500]
+    val_ids, val_labels = source.ids[val], source.labels[val]
+    suite: list[float] = []
+    plain: list[float] = []
+    suite_acc: list[float] = []
+    plain_acc: list[float] = []
+
+    def fresh(seed: int) -> torch.nn.Module:
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = backbone.build(cfg.model, source.num_classes)
+        model.load_state_dict(backbone.pretrained(), strict=False)  # all but the new head
+        return model
+
+    def accuracy(model: torch.nn.Module) -> float:
+        from bench.models.transformer import Probe, frozen_features
+
+        with torch.no_grad():
+            logits = Probe(model.head).eval()(frozen_features(model, val_ids))
+        return float((logits.argmax(1) == val_labels).float().mean())
+
+    for rep in range(repeats):
+        clock = EpochClock()
+        module = TextClassifier(fresh(rep), source.num_classes, lr, wd,
+                                schedule=config_mod.schedule_spec(cfg), optimizer="adamw")
+        fit_and_test(module, source.loader(pool, bs, True, rep), source.loader(val, EVAL_BATCH),
+                     None, {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
+                     callbacks=[clock])
+        suite += [len(pool) / s for s in clock.epoch_seconds]
+        suite_acc.append(accuracy(module.model))
+        model = fresh(rep)
+        seconds = plain_transformer_epochs(model, source.ids[pool], source.labels[pool], bs,
+                                           epochs, lr, wd, rep, source.pad_id)
+        plain += [len(pool) / s for s in seconds]
+        plain_acc.append(accuracy(model))
+    return Throughput(suite, plain, [], statistics.median(suite_acc),
+                      statistics.median(plain_acc))
+
+
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
     n=200, the first fold)."""
@@ -197,7 +277,7 @@ def time_default_study(extra: Sequence[str]) -> dict[str, Any]:
 
 
 def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
-        out_dir: Path) -> dict[str, Any]:
+        out_dir: Path, examples: int | None = None) -> dict[str, Any]:
     from bench.prepare import prepare
 
     quiet_lightning()
@@ -206,22 +286,25 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
     start = time.perf_counter()
     prep = prepare(cfg, config_mod.strategies(cfg), config_mod.sizes(cfg))
     prepare_seconds = time.perf_counter() - start
-    tp = measure_throughput(prep, cfg, epochs, repeats)
+    tp = measure_throughput(prep, cfg, epochs, repeats, examples)
     overhead = trial_overhead(prep, cfg, repeats)
+    transformer = prep.backbone.kind == "transformer"
+    trained = len(_pool(prep, examples or (512 if transformer else None)))
+    plain_name = "plain_dynamic_examples_per_s" if transformer else "plain_fixed64_examples_per_s"
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(), "overrides": list(overrides),
-        "task": {"source": prep.source.data.name, "train_examples": len(prep.source.splits.pool),
-                 "batch_size": int(cfg.train.batch_size), "vocab": len(prep.vocab),
+        "task": {"source": prep.source.data.name, "train_examples": trained,
+                 "batch_size": int(cfg.train.batch_size),
+                 "model": prep.backbone.kind + (f" ({prep.backbone.folder})" if transformer
+                                                else ""),
+                 "vocab": len(prep.vocab) if prep.vocab else None,
                  "epochs": epochs, "repeats": repeats},
         "prepare_seconds": round(prepare_seconds, 2),
         "throughput": {
             "suite_examples_per_s": round(statistics.median(tp.suite), 1),
-            "plain_fixed64_examples_per_s": round(statistics.median(tp.plain), 1),
+            plain_name: round(statistics.median(tp.plain), 1),
             "ratio": round(statistics.median(tp.suite) / statistics.median(tp.plain), 2),
-            "plain_fixed64_fused_adam_examples_per_s": round(statistics.median(tp.plain_fused), 1),
-            "ratio_vs_fused": round(statistics.median(tp.suite) / statistics.median(tp.plain_fused),
-                                    2),
             "suite_per_epoch": [round(x, 1) for x in tp.suite],
             "plain_per_epoch": [round(x, 1) for x in tp.plain],
             "plain_fused_per_epoch": [round(x, 1) for x in tp.plain_fused],
@@ -230,11 +313,18 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         "trial_overhead_seconds": {"median": round(statistics.median(overhead), 3),
                                    "all": [round(x, 3) for x in overhead]},
     }
+    if tp.plain_fused:
+        report["throughput"].update({
+            "plain_fixed64_fused_adam_examples_per_s": round(statistics.median(tp.plain_fused), 1),
+            "ratio_vs_fused": round(statistics.median(tp.suite) / statistics.median(tp.plain_fused),
+                                    2)})
     if study:
         report["default_study"] = time_default_study([])
     out_dir.mkdir(parents=True, exist_ok=True)
     name = "".join(c if c.isalnum() else "-" for c in (report["machine"]["gpu"] or
                                                        report["machine"]["cpu"]))[:60].strip("-")
+    if transformer:  # its own file: the TextCNN figures stay beside it
+        name += "-" + Path(prep.backbone.folder).parent.name.replace(".", "-")
     path = out_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     report["path"] = str(path)
@@ -244,18 +334,25 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
 def table(report: dict[str, Any]) -> str:
     tp, oh = report["throughput"], report["trial_overhead_seconds"]
     m = report["machine"]
+    transformer = "plain_dynamic_examples_per_s" in tp
+    plain = tp["plain_dynamic_examples_per_s" if transformer else "plain_fixed64_examples_per_s"]
     rows = [
-        "| measure | suite | plain PyTorch (fixed length 64) | ratio |",
+        "| measure | suite | plain PyTorch (" + ("dynamic padding, AdamW" if transformer
+                                                   else "fixed length 64") + ") | ratio |",
         "|---|---|---|---|",
         f"| training throughput, examples/s (median of {len(tp['suite_per_epoch'])} epochs) | "
-        f"{tp['suite_examples_per_s']:,.0f} | {tp['plain_fixed64_examples_per_s']:,.0f} | "
-        f"{tp['ratio']:.2f}x |",
-        f"| ... plain loop with the suite's fused Adam | {tp['suite_examples_per_s']:,.0f} | "
-        f"{tp['plain_fixed64_fused_adam_examples_per_s']:,.0f} | {tp['ratio_vs_fused']:.2f}x |",
+        f"{tp['suite_examples_per_s']:,.1f} | {plain:,.1f} | {tp['ratio']:.2f}x |",
+    ]
+    if "ratio_vs_fused" in tp:
+        rows.append(f"| ... plain loop with the suite's fused Adam | "
+                    f"{tp['suite_examples_per_s']:,.0f} | "
+                    f"{tp['plain_fixed64_fused_adam_examples_per_s']:,.0f} | "
+                    f"{tp['ratio_vs_fused']:.2f}x |")
+    rows += [
         f"| validation accuracy after {report['task']['epochs']} epochs (median) | "
         f"{tp['suite_val_acc']:.3f} | {tp['plain_val_acc']:.3f} | |",
         f"| per-trial overhead, s (median of {len(oh['all'])}) | {oh['median']:.3f} | | |",
-        f"| one-off preparation (data, vocab, vectors, source model), s | "
+        f"| one-off preparation (data, tokenisation, vectors or weights, source model), s | "
         f"{report['prepare_seconds']:.1f} | | |",
     ]
     if "default_study" in report:
@@ -264,5 +361,8 @@ def table(report: dict[str, Any]) -> str:
     head = (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
             + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
             f"task: {report['task']['source']}, {report['task']['train_examples']} training "
-            f"examples, batch {report['task']['batch_size']}, vocabulary {report['task']['vocab']}\n")
+            f"examples, batch {report['task']['batch_size']}, model "
+            f"{report['task'].get('model', 'textcnn')}"
+            + (f", vocabulary {report['task']['vocab']}" if report['task']['vocab'] else "")
+            + "\n")
     return head + "\n".join(rows)

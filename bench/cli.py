@@ -285,12 +285,16 @@ def benchmark(argv: Sequence[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer=gpu")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each loop")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="train on the first N source texts (default: all for the TextCNN, "
+                             "512 for a transformer)")
     parser.add_argument("--study", action="store_true",
                         help="also time the default study (`transfer-bench sweep`) end to end")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"),
                         help="folder for the JSON (default results/benchmark)")
     args = parser.parse_args(argv)
-    report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out)
+    report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out,
+                    args.examples)
     print(bm.table(report))
     print(f"\nwritten to {report['path']}")
 

@@ -333,3 +333,21 @@ def test_a_tiny_study_on_the_real_minilm_weights(cache_home, tmp_path):
                (tmp_path / "r" / "small" / "records.jsonl").read_text().splitlines()]
     frozen = next(r for r in records if r["strategy"] == "frozen")
     assert frozen["metrics"]["test_acc"] > 0.6  # cue words: pretrained features see them
+
+
+def test_benchmark_on_a_transformer_compares_with_a_plain_fine_tuning_loop(tiny_bert, small_data,
+                                                                           tmp_path):
+    args = [o for o in bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert)
+            if not o.startswith(("hpo=", "baseline="))]
+    out = tmp_path / "bench"
+    proc = run_cli("benchmark", *args, "--epochs", "2", "--repeats", "1", "--examples", "96",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "dynamic padding, AdamW" in proc.stdout and "per-trial overhead" in proc.stdout
+    (path,) = out.glob("*.json")
+    report = json.loads(path.read_text())
+    tp = report["throughput"]
+    assert report["task"]["train_examples"] == 96 and "transformer" in report["task"]["model"]
+    assert tp["ratio"] == pytest.approx(tp["suite_examples_per_s"]
+                                        / tp["plain_dynamic_examples_per_s"], abs=0.01)
+    assert len(tp["suite_per_epoch"]) == len(tp["plain_per_epoch"]) == 2
