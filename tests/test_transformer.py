@@ -351,3 +351,29 @@ def test_benchmark_on_a_transformer_compares_with_a_plain_fine_tuning_loop(tiny_
     assert tp["ratio"] == pytest.approx(tp["suite_examples_per_s"]
                                         / tp["plain_dynamic_examples_per_s"], abs=0.01)
     assert len(tp["suite_per_epoch"]) == len(tp["plain_per_epoch"]) == 2
+
+
+def test_intermediate_fine_tuning_on_the_source_task_is_trained_once_and_transferred(
+        tiny_bert, small_data, tmp_path):
+    """STILTs: ``model.intermediate=true`` fine-tunes the pretrained encoder on the source
+    task first (cached like the TextCNN's source model); ``false`` transfers the hub weights."""
+    from bench.methods import NeuralMethod
+    from bench.prepare import prepare
+
+    def prepared(flag: str):
+        cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                        "strategy=[full]", f"model.intermediate={flag}",
+                                        "source.max_epochs=1", "source.lr=1e-3"))
+        return cfg, prepare(cfg, strategies(cfg), [20])
+
+    key = "body.encoder.layer.1.output.dense.weight"
+    _, hub = prepared("false")
+    assert not hub.source_model.metrics and torch.equal(hub.source_model.state_dict[key],
+                                                        pretrained(tiny_bert)[key])
+    cfg, stilts = prepared("true")
+    assert stilts.source_model.metrics["val_acc"] > 0 and not stilts.source_model.from_cache
+    assert not torch.allclose(stilts.source_model.state_dict[key], pretrained(tiny_bert)[key])
+    model = NeuralMethod(stilts, cfg, strategies(cfg)[0])._build(strategies(cfg)[0], cfg)
+    assert torch.equal(model.state_dict()[key], stilts.source_model.state_dict[key])
+    _, again = prepared("true")
+    assert again.source_model.from_cache
