@@ -30,7 +30,6 @@ from typing import Any, Sequence
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
 from bench import config as config_mod
@@ -167,12 +166,8 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,
 
     def fresh(seed: int) -> torch.nn.Module:
         L.seed_everything(seed, workers=True, verbose=False)
-        model = instantiate(cfg.model, vocab_size=len(prep.vocab),
-                            num_classes=source.num_classes, _convert_="all")
-        if prep.matrix is not None:
-            with torch.no_grad():
-                model.embedding.weight.copy_(prep.matrix)
-        return model
+        return prep.backbone.start(prep.backbone.build(cfg.model, source.num_classes),
+                                   prep.matrix)
 
     for rep in range(repeats):
         clock = EpochClock()
@@ -213,9 +208,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
 
     def fresh(seed: int) -> torch.nn.Module:
         L.seed_everything(seed, workers=True, verbose=False)
-        model = backbone.build(cfg.model, source.num_classes)
-        model.load_state_dict(backbone.pretrained(), strict=False)  # all but the new head
-        return model
+        return backbone.start(backbone.build(cfg.model, source.num_classes), None)
 
     def accuracy(model: torch.nn.Module) -> float:
         from bench.models.transformer import Probe, frozen_features

@@ -126,11 +126,9 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
                           "training texts): trained once, then cached")
 
         def make_source_model() -> torch.nn.Module:
-            model = backbone.build(cfg.model, source.num_classes)
-            start = backbone.pretrained()  # STILTs: the source step starts from the hub weights
-            if start is not None:
-                model.load_state_dict(start, strict=False)
-            return model
+            # The TextCNN starts from the word vectors, a transformer from its hub weights
+            # (STILTs); both with a fresh head for the source classes.
+            return backbone.start(backbone.build(cfg.model, source.num_classes), matrix)
 
         key_parts = {"data": OmegaConf.to_container(cfg.data.source, resolve=True),
                      "split_seed": seed, "vocab": vocab.digest if vocab else backbone.identity,
@@ -140,7 +138,7 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
         settings.pop("seeds", None)  # each model's own seed is its "seed"; keys stay as before
         for source_seed in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]:
             source_models[source_seed] = pretrain_source(
-                source, make_source_model, matrix, key_parts, {**settings, "seed": source_seed},
+                source, make_source_model, key_parts, {**settings, "seed": source_seed},
                 trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
     return Prepared(vocab, source, target, vectors, matrix, cover, source_models, make_model,
                     protocol, backbone)

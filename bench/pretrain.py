@@ -33,11 +33,14 @@ class SourceModel:
 RECIPE = 3  # 3: checkpoint on validation loss, padding-masked max pooling
 
 
-def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: torch.Tensor | None,
+def pretrain_source(task: Task, make_model: Callable[[], nn.Module],
                     key_parts: Mapping[str, Any], settings: Mapping[str, Any],
                     trainer_cfg: Mapping[str, Any], cache: Path,
                     optimizer: str = "adam") -> SourceModel:
-    """Return the cached source model for these inputs, training it first if needed."""
+    """Return the cached source model for these inputs, training it first if needed.
+
+    ``make_model`` returns the network the source step starts from (word vectors or pretrained
+    weights already in place; called under the source seed); ``key_parts`` name every input."""
     key = stable_hash({**key_parts, "settings": dict(settings), "recipe": RECIPE,
                        **({"optimizer": optimizer} if optimizer != "adam" else {})})
     built = False
@@ -47,9 +50,6 @@ def pretrain_source(task: Task, make_model: Callable[[], nn.Module], vectors: to
         built = True
         L.seed_everything(int(settings["seed"]), workers=True, verbose=False)
         model = make_model()
-        if vectors is not None:
-            with torch.no_grad():
-                model.embedding.weight.copy_(vectors)
         module = TextClassifier(model, task.num_classes, float(settings["lr"]),
                                 float(settings["weight_decay"]), optimizer=optimizer)
         bs = int(settings["batch_size"])

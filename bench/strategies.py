@@ -145,8 +145,9 @@ def build_model(strategy: Strategy, make_model: Callable[[], nn.Module],
     if strategy.transfer == "vectors":
         if vectors is None:
             raise BenchError(f"strategy {strategy.name!r} needs word vectors; set embeddings")
-        with torch.no_grad():
-            model.embedding.weight.copy_(vectors)
+        from bench.models import copy_vectors
+
+        copy_vectors(model, vectors)
     elif strategy.transfer == "network":
         if source_state is None:
             raise BenchError(f"strategy {strategy.name!r} needs a source model")

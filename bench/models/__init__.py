@@ -120,6 +120,23 @@ class Backbone:
         """The weights ``transfer: network`` starts from without a source step (the hub's)."""
         return transformer.pretrained_state(self.folder) if self.folder else None
 
+    def start(self, model: torch.nn.Module, vectors: torch.Tensor | None) -> torch.nn.Module:
+        """``model`` with what upstream gives it below the head: the word vectors in a
+        TextCNN's embedding, the pretrained weights in a transformer."""
+        if self.kind == "transformer":
+            missing, unexpected = model.load_state_dict(self.pretrained(), strict=False)
+            if unexpected or any(not k.startswith("head.") for k in missing):
+                raise BenchError(f"the weights in {self.folder} do not fit its config.json")
+        elif vectors is not None:
+            copy_vectors(model, vectors)
+        return model
+
+
+def copy_vectors(model: torch.nn.Module, vectors: torch.Tensor) -> None:
+    """Word vectors into a TextCNN's embedding (the one place that does it)."""
+    with torch.no_grad():
+        model.embedding.weight.copy_(vectors)
+
 
 def textcnn_backbone(vocab: Any) -> Backbone:
     """Kim's CNN over the study's word vocabulary (``model=textcnn``)."""
