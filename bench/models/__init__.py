@@ -84,6 +84,16 @@ def check(cfg: DictConfig) -> None:
                              ">= 1, e.g. [3,4,5]")
         return
     _positive_int(model, "model", ("max_len",))
+    if not isinstance(model.get("intermediate"), bool):
+        raise BenchError(f"model.intermediate={model.get('intermediate')!r}; use true (fine-tune "
+                         "on the source task first) or false (the pretrained weights)")
+    if model.get("optimizer") not in ("adam", "adamw"):
+        raise BenchError(f"model.optimizer={model.get('optimizer')!r}; use adamw or adam")
+    targets = model.get("lora_targets")
+    if not OmegaConf.is_list(targets) or not targets or not all(isinstance(t, str)
+                                                               for t in targets):
+        raise BenchError(f"model.lora_targets={targets!r}; give module names, e.g. "
+                         "[query,value]")
     if model.get("path"):
         folder = model_folder(model)
         transformer.folder_config(folder)  # config, weights, tokenizer, an encoder
@@ -95,6 +105,13 @@ def check(cfg: DictConfig) -> None:
         if layers is not None and layers != transformer.layer_count(folder):
             raise BenchError(f"model.layers={layers} but {folder} has "
                              f"{transformer.layer_count(folder)} layers; set model.layers=null")
+    elif model.get("weights") is None:
+        raise BenchError("model=transformer needs model.path=FOLDER, a local Hugging Face "
+                         "encoder folder (config.json, weights, tokenizer)")
+    elif model.get("weights") not in HUB_MODELS:
+        raise BenchError(f"model.weights={model.get('weights')!r}; use one of "
+                         f"{', '.join(HUB_MODELS)} or set model.path to a local Hugging Face "
+                         "model folder")
     elif model.max_len > 512:
         raise BenchError(f"model.max_len={model.max_len} exceeds the model's 512 positions")
 
