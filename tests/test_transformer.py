@@ -258,6 +258,9 @@ def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
     assert bitfit["strategy_spec"]["bitfit"] is True
     report = run_cli("report", str(tmp_path / "r" / "small"))
     assert report.returncode == 0, report.stderr
+    again = run_cli("reproduce", str(tmp_path / "r" / "small"), "--all", "--reuse-cache",
+                    "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stdout + again.stderr  # same machine: exact
 
 
 def broken_copy(folder: Path, tmp_path: Path, drop: tuple[str, ...] = (), config: dict = None):
