@@ -1,0 +1,108 @@
+"""Each transferability estimator against an independent computation of what it claims."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import optimize, stats
+
+from bench.transferability import (estimate, h_score, knn_cv, leep, linear_cv, log_evidence,
+                                   logme, logme_column, nce)
+
+
+def test_log_evidence_is_the_gaussian_marginal_likelihood():
+    rng = np.random.default_rng(0)
+    for n, d in ((30, 5), (8, 12)):  # more examples than features, and fewer
+        f, y = rng.normal(size=(n, d)), rng.normal(size=n)
+        for alpha, beta in ((0.3, 2.0), (5.0, 0.1)):
+            cov = f @ f.T / alpha + np.eye(n) / beta
+            direct = stats.multivariate_normal(np.zeros(n), cov).logpdf(y)
+            assert log_evidence(f, y, alpha, beta) == pytest.approx(direct, rel=1e-9)
+
+
+def test_logme_finds_the_maximum_evidence_over_alpha_and_beta():
+    """MacKay's fixed point against a grid over (log alpha, log beta) refined by Nelder-Mead on
+    the direct multivariate-normal density."""
+    rng = np.random.default_rng(1)
+    n, d = 40, 6
+    f = rng.normal(size=(n, d))
+    y = (f @ rng.normal(size=d) + 0.5 * rng.normal(size=n) > 0).astype(float)
+
+    def minus(log_ab):
+        a, b = np.exp(log_ab)
+        return -stats.multivariate_normal(np.zeros(n), f @ f.T / a + np.eye(n) / b).logpdf(y)
+
+    grid = [(la, lb) for la in np.linspace(-6, 6, 25) for lb in np.linspace(-6, 6, 25)]
+    start = min(grid, key=minus)
+    best = optimize.minimize(minus, start, method="Nelder-Mead",
+                             options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    value, alpha, beta = logme_column(f, y)
+    assert value * n == pytest.approx(-best.fun, abs=1e-5)
+    assert math.log(alpha) == pytest.approx(best.x[0], abs=1e-3)
+    assert math.log(beta) == pytest.approx(best.x[1], abs=1e-3)
+
+
+def test_logme_ranks_informative_features_above_noise():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 300)
+    good = np.eye(3)[labels] * 2 + rng.normal(size=(300, 3))
+    noise = rng.normal(size=(300, 3))
+    assert logme(good, labels) > logme(noise, labels)
+
+
+def test_h_score_is_the_correlation_ratio_in_one_dimension():
+    # class 0 at {0, 2}, class 1 at {4, 6}: between-class variance 4, total variance 5
+    f = np.array([[0.0], [2.0], [4.0], [6.0]])
+    assert h_score(f, np.array([0, 0, 1, 1])) == pytest.approx(0.8)
+
+
+def test_h_score_of_gaussian_classes_approaches_its_closed_form():
+    """Two equally likely classes at +-mu with identity noise: cov(f) = I + mu mu^T,
+    cov(E[f|y]) = mu mu^T, so H = |mu|^2 / (1 + |mu|^2)."""
+    rng = np.random.default_rng(3)
+    mu = np.array([1.0, -0.5, 0.25])
+    labels = rng.integers(0, 2, 200_000)
+    f = np.where(labels[:, None] == 1, mu, -mu) + rng.normal(size=(len(labels), 3))
+    truth = mu @ mu / (1 + mu @ mu)
+    assert h_score(f, labels) == pytest.approx(truth, abs=0.005)
+    a = rng.normal(size=(3, 3))  # and it does not depend on an invertible change of basis
+    assert h_score(f @ a, labels) == pytest.approx(h_score(f, labels), rel=1e-6)
+
+
+def test_leep_on_an_exact_empirical_joint():
+    """Four examples, two source classes, written out by the definition."""
+    theta = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, 1])
+    joint = {(yy, z): sum(theta[i, z] for i in range(4) if y[i] == yy) / 4
+             for yy in (0, 1) for z in (0, 1)}
+    pz = {z: joint[(0, z)] + joint[(1, z)] for z in (0, 1)}
+    expected = sum(math.log(sum(joint[(y[i], z)] / pz[z] * theta[i, z] for z in (0, 1)))
+                   for i in range(4)) / 4
+    assert leep(theta, y) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nce_textbook_cases_and_leep_on_hard_predictions():
+    z = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    hard = np.eye(3)[z]
+    function_of_z = np.array([1, 1, 0, 0, 1, 1, 1, 1])  # y determined by z: H(Y|Z) = 0
+    assert nce(hard, function_of_z) == pytest.approx(0.0)
+    z2 = np.array([0, 0, 1, 1])
+    independent = np.array([0, 1, 0, 1])  # y independent of z: -H(Y) = -log 2
+    assert nce(np.eye(2)[z2], independent) == pytest.approx(-math.log(2))
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    assert leep(hard, y) == pytest.approx(nce(hard, y))  # one-hot theta: LEEP = NCE
+
+
+def test_cross_validated_probes_and_the_estimate_record():
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 30)
+    f = np.c_[labels * 3.0 + rng.normal(size=60), rng.normal(size=(60, 4))]
+    assert linear_cv(f, labels) > 0.9 and knn_cv(f, labels) > 0.8  # Bayes rate 0.93
+    assert linear_cv(rng.normal(size=(60, 5)), labels) < 0.8
+    probs = np.c_[labels * 0.8 + 0.1, 0.9 - labels * 0.8]
+    out = estimate(f, labels * 7 + 3, probs, ["logme", "h_score", "leep", "nce", "knn_cv"], 0)
+    assert set(out) == {"logme", "h_score", "leep", "nce", "knn_cv"}
+    assert all(v["seconds"] >= 0 for v in out.values())
+    assert set(estimate(f, labels, None, ["leep", "logme"], 0)) == {"logme"}  # no source head
