@@ -28,7 +28,7 @@ from bench.strategies import Strategy
 # ``source.seeds`` and ``hpo.replicates`` add replicates (more source models, more independent
 # tunings), each recorded under its own key, so they extend a study like more seeds do.
 GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates", "workers",
-             "logger",
+             "logger", "transferability",
              "trainer.accelerator", "trainer.devices",
              "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
              "hpo.worker_count", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
@@ -139,6 +139,14 @@ def check(cfg: DictConfig) -> None:
     sizes(cfg)
     strategies(cfg)
     check_hpo(cfg)
+    if OmegaConf.select(cfg, "data.sources", default=None) is not None:
+        source_configs(cfg)
+    from bench.transferability import check_names
+
+    names = OmegaConf.select(cfg, "transferability", default=[]) or []
+    if not OmegaConf.is_list(names) and not isinstance(names, list):
+        raise BenchError(f"transferability={names!r}; give a list of estimators or []")
+    check_names(list(names))
 
 
 def check_device(cfg: DictConfig) -> None:
@@ -180,6 +188,49 @@ def _distinct_seeds(seeds: list[int], key: str) -> None:
     if repeated:
         raise BenchError(f"{key} repeats {repeated}; a repeated seed would be one replicate "
                          "counted twice")
+
+
+def source_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """The study's sources by display name: ``data.source``, or each of ``data.sources`` (a
+    dataset name from ``conf/dataset/`` or a whole dataset config), checked up front."""
+    listed = OmegaConf.select(cfg, "data.sources", default=None)
+    target = OmegaConf.to_container(cfg.data.target, resolve=True)
+    if listed is None:
+        entries = [OmegaConf.to_container(cfg.data.source, resolve=True)]
+    else:
+        if not OmegaConf.is_list(listed) or not listed:
+            raise BenchError(f"data.sources={listed!r}; give a list of datasets, e.g. "
+                             "data.sources=[movie_reviews,tweets]")
+        entries = []
+        for item in OmegaConf.to_container(listed, resolve=True):
+            if isinstance(item, str):
+                path = config_dir() / "dataset" / f"{item}.yaml"
+                if not path.is_file():
+                    known = sorted(p.stem for p in (config_dir() / "dataset").glob("*.yaml"))
+                    raise BenchError(f"data.sources names {item!r}, which is not a dataset in "
+                                     f"conf/dataset ({', '.join(known)})")
+                item = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+            if not isinstance(item, dict) or "name" not in item:
+                raise BenchError(f"data.sources has {item!r}; give a dataset name or a dataset "
+                                 "config with a name")
+            entries.append(item)
+    out: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        name = _dataset_label(entry)
+        if name in out:
+            raise BenchError(f"data.sources lists {name!r} twice; each source once")
+        if _dataset_label(entry) == _dataset_label(target) and \
+                (entry["name"] != "file" or entry.get("path") == target.get("path")):
+            raise BenchError(f"source {name!r} is the target itself; transfer needs another "
+                             "dataset")
+        out[name] = entry
+    return out
+
+
+def _dataset_label(entry: dict[str, Any]) -> str:
+    if entry.get("name") == "file":
+        return str(entry.get("title") or Path(str(entry.get("path"))).stem)
+    return str(entry["name"])
 
 
 def source_seeds(cfg: DictConfig) -> list[int] | None:
@@ -247,6 +298,9 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     # those studies' identity, so they resume and reproduce unchanged.
     if schedule_mod.is_constant(plain.get("train", {}).get("schedule")):
         plain.get("train", {}).pop("schedule", None)
+    # Likewise one source, the only kind of study before data.sources existed.
+    if plain.get("data", {}).get("sources", 0) is None:
+        plain["data"].pop("sources")
     # Likewise TPE, the only sampler before hpo.sampler existed.
     if plain.get("hpo", {}).get("sampler") == "tpe":
         plain["hpo"].pop("sampler")
@@ -272,5 +326,7 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
 def cell_hash(cfg: DictConfig, name: str) -> str:
     """The identity of one strategy's cells: the study's identity plus the strategy's
     definition. Records and Optuna study names carry it, so nothing made under another
-    definition or configuration (on a shared storage too) is ever mixed in."""
-    return stable_hash([study_hash(cfg), name, strategy_definitions(cfg).get(name)])
+    definition or configuration (on a shared storage too) is ever mixed in. In a study with
+    several sources a method is ``strategy@source``; its strategy's definition counts."""
+    base = name.split("@", 1)[0]
+    return stable_hash([study_hash(cfg), name, strategy_definitions(cfg).get(base)])

@@ -65,6 +65,9 @@ class Selection:
     seconds: float = 0.0
 
 
+SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets
+
+
 def majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan")
 
@@ -136,12 +139,17 @@ class NeuralMethod(_Method):
     """
 
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
-                 source_seed: int | None = None) -> None:
+                 source_seed: int | None = None, source_name: str | None = None) -> None:
         self.prep, self.cfg, self.strategy, self.name = prep, cfg, strategy, strategy.name
         network = strategy.transfer == "network"
         self.source_seed = source_seed if network else None
+        self.source_name = source_name if network else None
+        if self.source_name is not None:  # a study with several sources: one row per source
+            self.name = f"{strategy.name}{SOURCE_MARK}{source_name}"
+        models = prep.source_models if source_name is None else \
+            prep.sources[source_name].models
         self.source = None if not network else (
-            prep.source_model if source_seed is None else prep.source_models[source_seed])
+            next(iter(models.values()), None) if source_seed is None else models[source_seed])
         self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
         self.prunes = True
@@ -190,7 +198,8 @@ class NeuralMethod(_Method):
         cell = with_params(self.cfg, params)
         # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
         strategy = Strategy.from_config(
-            self.name, OmegaConf.to_container(cell.strategy[self.name], resolve=True) or {},
+            self.strategy.name,
+            OmegaConf.to_container(cell.strategy[self.strategy.name], resolve=True) or {},
             prep.backbone.blocks)
         target = prep.target
         L.seed_everything(seed, workers=True, verbose=False)
@@ -240,7 +249,8 @@ class NeuralMethod(_Method):
                                   "lr_decay", "unfreeze_every", "lp_ft", "l2sp", "lora",
                                   "bitfit") if _set(getattr(self.strategy, k))}},
             "source": None if self.source is None
-            else {"key": self.source.key, **self.source.metrics},
+            else {"key": self.source.key, **self.source.metrics,
+                  **({"name": self.source_name} if self.source_name else {})},
             "vectors": None if prep.vectors is None or self.strategy.transfer == "none" else {
                 "description": prep.vectors.description, "coverage": prep.coverage},
         }

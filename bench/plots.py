@@ -21,6 +21,7 @@ from bench import stats  # noqa: E402
 from bench.cache import atomic_write  # noqa: E402
 from bench.pareto import PARETO_FILE  # noqa: E402
 from bench.results import RECORDS, load_records, size_order  # noqa: E402
+from bench.transferability import ESTIMATES  # noqa: E402
 
 LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 # Filled markers only (hollow = pruned in the trial plots); 13 distinct, so with 6 line styles
@@ -208,6 +209,31 @@ def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
     return _save(fig, out, "pareto_fronts")
 
 
+def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
+    """Estimate vs measured gain over scratch, one point per source, a panel per estimator;
+    sizes in different markers."""
+    names = [c for c in sources.columns if c not in (
+        "size", "source", "best strategy", "accuracy", "gain", "gain_low", "gain_high",
+        "estimate_seconds")]
+    sizes = sorted(sources["size"].unique(), key=size_order)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for (size, marker) in zip(sizes, MARKERS):
+            g = sources[sources["size"] == size]
+            ax.errorbar(g[name], g["gain"], yerr=[g["gain"] - g["gain_low"],
+                                                  g["gain_high"] - g["gain"]],
+                        fmt=marker, capsize=2, label=f"n={size}", alpha=0.85)
+            for _, r in g.iterrows():
+                ax.annotate(r["source"], (r[name], r["gain"]), fontsize=6,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"measured {metric} gain vs scratch")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, out, "transferability")
+
+
 def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     """Every figure the study's data allows; returns notes on what was skipped and why."""
     notes: list[str] = []
@@ -241,6 +267,14 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
                 expected_best(trials, order, out)
         elif not notes:
             notes.append("no tuned cells: no sensitivity or expected-best plots")
+        estimates = study_dir / ESTIMATES
+        if estimates.exists() and "scratch" in order:
+            from bench import source_choice
+
+            result = source_choice.analyse(df, source_choice.estimates_frame(estimates),
+                                           report_mod.paired)
+            if not result["sources"].empty:
+                transferability_plot(result["sources"], out, metric)
     if (study_dir / PARETO_FILE).exists():
         pareto_fronts(study_dir, out)
     return notes

@@ -33,6 +33,14 @@ from bench.strategies import Strategy
 
 
 @dataclass
+class Source:
+    """One source task and the network(s) trained on it (one per source seed)."""
+
+    task: Task
+    models: dict[int, SourceModel]
+
+
+@dataclass
 class Prepared:
     """Everything a cell needs, loaded once per process and shared by all cells."""
 
@@ -46,6 +54,16 @@ class Prepared:
     make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
     protocol: Protocol
     backbone: Backbone
+    sources: dict[str, Source] = None  # by name: one, or several with ``data.sources``
+    model_cfg: Any = None
+
+    def make_source_model(self, classes: int) -> torch.nn.Module:
+        """A fresh network with a head for ``classes`` source classes (to load a source model)."""
+        return self.backbone.build(self.model_cfg, classes)
+
+    @property
+    def multi_source(self) -> bool:
+        return len(self.sources) > 1
 
     @property
     def source_model(self) -> SourceModel | None:
@@ -64,30 +82,35 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     cache = cache_root(cfg.paths.cache)
     protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True)
                                     if "protocol" in cfg else None)
-    source_data = load_dataset(OmegaConf.to_container(cfg.data.source, resolve=True), cache)
+    source_cfgs = config_mod.source_configs(cfg)
+    source_data = {name: load_dataset(c, cache) for name, c in source_cfgs.items()}
     target_data = load_dataset(OmegaConf.to_container(cfg.data.target, resolve=True), cache)
     seed = int(cfg.data.split_seed)
-    source_splits = split(source_data, cfg.data.source, seed)
+    source_splits = {name: split(source_data[name], c, seed) for name, c in source_cfgs.items()}
     target_splits = split(target_data, cfg.data.target, seed)
-    checked = inspect_data(source_data, target_data, target_splits=target_splits,
-                           target_max_len=int(cfg.data.target.max_len),
-                           source_splits=source_splits,
-                           source_max_len=int(cfg.data.source.max_len), sizes=sizes,
-                           folds=max(protocol.folds, 1))
-    checked.raise_for_errors()  # data that cannot support the study: one line, nothing trained
-    for warning in checked.warnings:
-        if console:
-            console.print(f"data warning: {warning}")
-    source_texts = training_texts(source_data, source_splits.pool, protocol)
+    for name, c in source_cfgs.items():
+        checked = inspect_data(source_data[name], target_data, target_splits=target_splits,
+                               target_max_len=int(cfg.data.target.max_len),
+                               source_splits=source_splits[name],
+                               source_max_len=int(c["max_len"]), sizes=sizes,
+                               folds=max(protocol.folds, 1))
+        checked.raise_for_errors()  # data that cannot support the study: one line, no training
+        for warning in checked.warnings:
+            if console:
+                console.print(f"data warning: {warning}")
+    texts_by_source = {name: training_texts(source_data[name], source_splits[name].pool,
+                                            protocol) for name in source_cfgs}
+    source_texts = [t for texts in texts_by_source.values() for t in texts]
     target_texts = training_texts(target_data, target_splits.pool, protocol)
     vocab = None
     if is_transformer(cfg.model):
         backbone = transformer_backbone(cfg.model, cache)
     else:
         # Every word the training pools use: words seen only in test texts map to <unk>.
-        vocab = Vocab.build([source_texts, target_texts])
+        vocab = Vocab.build([*texts_by_source.values(), target_texts])
         backbone = textcnn_backbone(vocab)
-    source = make_task(source_data, cfg.data.source, backbone, source_splits, cache)
+    tasks = {name: make_task(source_data[name], c, backbone, source_splits[name], cache)
+             for name, c in source_cfgs.items()}
     target = make_task(target_data, cfg.data.target, backbone, target_splits, cache)
     for size in sizes:
         protocol.check_size(resolve_size(size, target), f"data.sizes has {size}")
@@ -114,34 +137,39 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     elif "vectors" in transfers:
         raise BenchError("a selected strategy transfers word vectors but embeddings=none")
 
-    source_models: dict[int, SourceModel] = {}
+    sources = {name: Source(task, {}) for name, task in tasks.items()}
+    seeds = config_mod.source_seeds(cfg) or [int(cfg.source.seed)]
     if "network" in transfers and backbone.kind == "transformer" \
             and not cfg.model.get("intermediate"):
         # No source step: "transferred" is the pretrained encoder itself (seed-free).
         hub = SourceModel(backbone.pretrained(), {}, f"hub-{backbone.identity}", 0.0, True)
-        source_models = {k: hub for k in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]}
+        for side in sources.values():
+            side.models = {k: hub for k in seeds}
     elif "network" in transfers:
-        if console:
-            console.print(f"source model on {source_data.name} ({len(source.splits.pool)} "
-                          "training texts): trained once, then cached")
-
-        def make_source_model() -> torch.nn.Module:
-            # The TextCNN starts from the word vectors, a transformer from its hub weights
-            # (STILTs); both with a fresh head for the source classes.
-            return backbone.start(backbone.build(cfg.model, source.num_classes), matrix)
-
-        key_parts = {"data": OmegaConf.to_container(cfg.data.source, resolve=True),
-                     "split_seed": seed, "vocab": vocab.digest if vocab else backbone.identity,
-                     "vectors": vectors.identity if vectors else None,
-                     "model": OmegaConf.to_container(cfg.model, resolve=True)}
         settings = OmegaConf.to_container(cfg.source, resolve=True)
         settings.pop("seeds", None)  # each model's own seed is its "seed"; keys stay as before
-        for source_seed in config_mod.source_seeds(cfg) or [int(cfg.source.seed)]:
-            source_models[source_seed] = pretrain_source(
-                source, make_source_model, key_parts, {**settings, "seed": source_seed},
-                trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
-    return Prepared(vocab, source, target, vectors, matrix, cover, source_models, make_model,
-                    protocol, backbone)
+        for name, side in sources.items():
+            task = side.task
+            if console:
+                console.print(f"source model on {name} ({len(task.splits.pool)} training "
+                              "texts): trained once, then cached")
+
+            def make_source_model(task: Task = task) -> torch.nn.Module:
+                # The TextCNN starts from the word vectors, a transformer from its hub weights
+                # (STILTs); both with a fresh head for the source classes.
+                return backbone.start(backbone.build(cfg.model, task.num_classes), matrix)
+
+            key_parts = {"data": source_cfgs[name], "split_seed": seed,
+                         "vocab": vocab.digest if vocab else backbone.identity,
+                         "vectors": vectors.identity if vectors else None,
+                         "model": OmegaConf.to_container(cfg.model, resolve=True)}
+            for source_seed in seeds:
+                side.models[source_seed] = pretrain_source(
+                    task, make_source_model, key_parts, {**settings, "seed": source_seed},
+                    trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
+    first = next(iter(sources.values()))
+    return Prepared(vocab, first.task, target, vectors, matrix, cover, first.models, make_model,
+                    protocol, backbone, sources, cfg.model)
 
 
 def _newsgroups_train(cache: Path) -> Sequence[str]:
@@ -168,14 +196,20 @@ def data_provenance(prep: Prepared, cfg: DictConfig) -> dict[str, Any]:
     """Archives (pinned package and its SHA-256) and the SHA-256 of every file read."""
     from bench.data.sources import REGISTRY
 
-    out: dict[str, Any] = {}
-    for role, task in (("source", prep.source), ("target", prep.target)):
-        name = cfg.data[role].name
+    def entry(task: Task, name: str) -> dict[str, Any]:
         pkg = REGISTRY[name][0] if name in REGISTRY else None
-        out[role] = {"name": task.data.name, "examples": len(task.data),
-                     "archive": None if pkg is None else {"package": pkg.spec, "file": pkg.filename,
-                                                          "sha256": pkg.sha256},
-                     "files_sha256": manifest_mod.file_checksums(task.data.files)}
+        return {"name": task.data.name, "examples": len(task.data),
+                "archive": None if pkg is None else {"package": pkg.spec, "file": pkg.filename,
+                                                     "sha256": pkg.sha256},
+                "files_sha256": manifest_mod.file_checksums(task.data.files)}
+
+    out: dict[str, Any] = {"target": entry(prep.target, cfg.data.target.name)}
+    if prep.multi_source:
+        configs = config_mod.source_configs(cfg)
+        out["sources"] = {name: entry(side.task, configs[name]["name"])
+                          for name, side in prep.sources.items()}
+    else:
+        out = {"source": entry(prep.source, cfg.data.source.name), **out}
     if prep.vectors is not None:
         out["vectors"] = {"description": prep.vectors.description,
                           "identity": prep.vectors.identity}

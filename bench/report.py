@@ -35,6 +35,7 @@ from bench.cache import atomic_write_text
 from bench.errors import BenchError
 from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_table)
+from bench.transferability import ESTIMATES
 from bench.results import RECORDS, hpo_table, load_records, record_problems, size_order
 
 REPORT_DIR = "report"
@@ -102,7 +103,9 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
                      "pruned": (r.get("hpo") or {}).get("n_pruned"),
-                     "device": r.get("device", "")})
+                     "device": r.get("device", ""),
+                     "transfers": (r.get("strategy_spec") or {}).get("transfer")
+                     in ("network", "vectors")})
     if not rows:
         raise BenchError(f"no record holds the metric {metric!r}")
     return pd.DataFrame(rows)
@@ -206,10 +209,14 @@ def _wide(cells: pd.DataFrame, order: list[str], fmt) -> pd.DataFrame:
     return out
 
 
+NEGATIVE = "†"  # significantly worse than scratch: negative transfer
+
+
 def _md_cell(c: pd.Series) -> str:
     mean = f"{c['mean']:.3f}"
     mean = f"**{mean}**" if c["best"] else f"*{mean}*" if c["tied"] else mean
-    return f"{mean} ± {c['std']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] ({c['seeds']})"
+    mark = NEGATIVE if c.get("negative") else ""
+    return f"{mean}{mark} ± {c['std']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] ({c['seeds']})"
 
 
 def _tex_cell(c: pd.Series) -> str:
@@ -257,6 +264,19 @@ def gains_table(df: pd.DataFrame, order: list[str], reference: str = REFERENCE) 
 
     gains["verdict"] = gains.apply(verdict, axis=1)
     return gains
+
+
+def negative_transfer(df: pd.DataFrame, order: list[str]) -> dict[tuple[str, str], pd.Series]:
+    """(strategy, size) cells of transferring strategies significantly worse than scratch after
+    Holm over the gains table: negative transfer. Their gains rows, by cell."""
+    if REFERENCE not in set(df["strategy"]):
+        return {}
+    gains = gains_table(df, order)
+    if gains.empty:
+        return {}
+    transfers = set(df.loc[df["transfers"], "strategy"])
+    return {(r["strategy"], r["size"]): r for _, r in gains.iterrows()
+            if r["verdict"] == "worse" and r["strategy"] in transfers}
 
 
 def efficiency_table(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
@@ -340,6 +360,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     name = study_dir.name
     files: dict[str, str] = {}
 
+    negative = negative_transfer(df, order)
+    cells["negative"] = [(st, sz) in negative for st, sz in zip(cells["strategy"], cells["size"])]
     wide = _wide(cells, order, _md_cell)
     seeds = sorted(df["seed"].unique())
     files["table.md"] = (
@@ -350,10 +372,12 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         f"(paired analysis as in gains.md, Holm over the size's comparisons with the best, "
         f"alpha {ALPHA}). Seeds {', '.join(map(str, seeds))}. " + interval_note(df)
         + (f" `{MAJORITY}`: always the majority class of the n labels." if MAJORITY in order
-           else "") + "\n")
-    csv = cells.assign(**{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high",
-                                                        "p_vs_best")},
-                       minutes=cells["minutes"].round(2))
+           else "")
+        + (f" {NEGATIVE} negative transfer: significantly worse than {REFERENCE} (gains.md, "
+           f"Holm), listed in negative_transfer.md." if negative else "") + "\n")
+    csv = cells.drop(columns="negative").assign(
+        **{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high", "p_vs_best")},
+        minutes=cells["minutes"].round(2))
     files["table.csv"] = csv.to_csv(index=False, lineterminator="\n")
     tex = _wide(cells, order, _tex_cell)
     tex.index = [s.replace("_", r"\_") for s in tex.index]
@@ -383,6 +407,29 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
                              f"use one of {', '.join(order)}")
         stem = "gains" if reference == REFERENCE else f"gains_vs_{reference}"
         files.update(_gains_files(df, order, reference, name, metric, stem))
+
+    if negative:  # only when there is some: older studies' reports stay as they were
+        listed = pd.DataFrame([{"strategy": st, "size": sz, "gain vs scratch": f"{r['gain']:+.3f}",
+                                "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                                "p (Holm)": _fmt_p(r["p_holm"])}
+                               for (st, sz), r in negative.items()])
+        files["negative_transfer.md"] = (
+            f"{name}: negative transfer: cells significantly worse than {REFERENCE}\n\n"
+            + protocol_line(df) + "\n\n" + listed.to_markdown(index=False, disable_numparse=True)
+            + f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n")
+    estimates_path = study_dir / ESTIMATES
+    if estimates_path.exists() and REFERENCE in order:
+        from bench import source_choice
+
+        estimates = source_choice.estimates_frame(estimates_path)
+        if not estimates.empty:
+            result = source_choice.analyse(df, estimates, paired)
+            files["transferability.md"] = source_choice.markdown(result, name, metric)
+            files["transferability.csv"] = result["sources"].round(6).to_csv(
+                index=False, lineterminator="\n")
+            if not result["estimators"].empty:
+                files["transferability_agreement.csv"] = result["estimators"].round(6).to_csv(
+                    index=False, lineterminator="\n")
 
     eff = efficiency_table(cells[cells["strategy"] != MAJORITY], order)
     if not eff.empty:

@@ -198,8 +198,10 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
                                                 tolerance)
         console.print(f"run {run_id}: {reasons[run_id]}")
         for r in recs:
-            if r["strategy"] in strategies:
-                method = NeuralMethod(prep, cfg, strategies[r["strategy"]], r.get("source_seed"))
+            base, _, source_name = r["strategy"].partition("@")  # strategy@source
+            if base in strategies:
+                method = NeuralMethod(prep, cfg, strategies[base], r.get("source_seed"),
+                                      source_name or None)
             elif r["strategy"] == MajorityMethod.name:
                 method = MajorityMethod(prep, cfg)
             else:

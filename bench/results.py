@@ -13,7 +13,7 @@ import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -47,19 +47,22 @@ def decode_labels(text: str) -> list[int]:
     return [_DIGITS.index(c) for c in text]
 
 
-def append_record(path: Path, record: dict[str, Any]) -> bool:
+def append_record(path: Path, record: dict[str, Any],
+                  key: Callable[[dict[str, Any]], Any] | None = None) -> bool:
     """Append one line under an exclusive lock, in one ``write`` call, then fsync.
 
     Concurrent writers (parallel cells, several workers) never interleave; a process killed
     mid-write can leave at most a torn last line, which :func:`load_records` drops. A record
-    whose key (:func:`record_key`) is already there is not written again: returns False.
+    whose key (``key``, default :func:`record_key`) is already there is not written again:
+    returns False.
     """
+    key = key or record_key
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        if record_key(record) in {record_key(r) for r in load_records(path)}:
+        if key(record) in {key(r) for r in load_records(path, key=key)}:
             return False
         # A torn line left by a killed writer must not swallow this record.
         if os.fstat(fd).st_size and _last_byte(path) != b"\n":
@@ -78,13 +81,16 @@ def _last_byte(path: Path) -> bytes:
         return fh.read(1)
 
 
-def load_records(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+def load_records(path: Path, problems: list[str] | None = None,
+                 key: Callable[[dict[str, Any]], Any] | None = None) -> list[dict[str, Any]]:
     """All complete records; blank lines skipped, duplicates keep the first.
 
     A torn last line (no newline: a writer killed mid-write) is dropped silently. Every other
     line that is not a record is dropped too, but, when ``problems`` is given, appended to it
     as ``"records.jsonl line N: why"``: silently losing a record would bias the tables.
+    ``key`` identifies a record (default :func:`record_key`).
     """
+    key_of = key or record_key
     if not path.exists():
         return []
     lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
@@ -96,7 +102,7 @@ def load_records(path: Path, problems: list[str] | None = None) -> list[dict[str
         why = None
         try:
             record = json.loads(line)
-            key = record_key(record)
+            key = key_of(record)
         except json.JSONDecodeError:
             cut = line.lstrip().startswith("{") and not line.rstrip().endswith("}")
             why = "cut off (an interrupted write)" if cut else "not JSON"

@@ -165,6 +165,10 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                               for k, m in prep.source_models.items()}
             if config_mod.source_seeds(cfg) else None,
             "vocab_size": len(prep.vocab) if prep.vocab else None,
+            **({"sources": {name: {str(k): {"key": m.key, "metrics": m.metrics}
+                                   for k, m in side.models.items()}
+                            for name, side in prep.sources.items()}}
+               if prep.multi_source else {}),
             "test_labels": encode_labels(prep.target.data.labels[prep.target.splits.test])}
     studydir.remember(out, cfg, study_info)
 
@@ -182,20 +186,27 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     records_path = out / RECORDS
     done = _recorded(records_path)
     many = config_mod.source_seeds(cfg)
-    methods: list[Method] = [NeuralMethod(prep, cfg, s, k) for s in strategies
+    names = list(prep.sources) if prep.multi_source else [None]
+    methods: list[Method] = [NeuralMethod(prep, cfg, s, k, name) for s in strategies
+                             for name in (names if s.transfer == "network" else [None])
                              for k in (many if many and s.transfer == "network" else [None])]
     if cfg.baseline.name != "none":
         methods.append(BaselineMethod(prep, cfg))
     methods.append(MajorityMethod(prep, cfg))
-    for k, source_model in prep.source_models.items():
-        m = source_model.metrics
-        if not m:  # a transformer's hub weights, no source step
-            console.print(f"transferred network: the pretrained weights ({source_model.key})")
-            break
-        state = "from cache" if source_model.from_cache else \
-            f"trained in {source_model.train_seconds:.0f} s"
-        console.print(f"source model {source_model.key} (seed {k}, {state}): "
-                      f"val acc {m['val_acc']:.3f}, test acc {m['test_acc']:.3f}")
+    for name, side in prep.sources.items():
+        for k, source_model in side.models.items():
+            m = source_model.metrics
+            if not m:  # a transformer's hub weights, no source step
+                console.print(f"transferred network: the pretrained weights ({source_model.key})")
+                break
+            state = "from cache" if source_model.from_cache else \
+                f"trained in {source_model.train_seconds:.0f} s"
+            console.print(f"source model {source_model.key} ({name}, seed {k}, {state}): "
+                          f"val acc {m['val_acc']:.3f}, test acc {m['test_acc']:.3f}")
+    if int(OmegaConf.select(cfg, "hpo.worker_id", default=0) or 0) == 0:
+        from bench.transferability import record_estimates
+
+        record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
     if cfg.hpo.mode == "pareto":
         from bench.pareto import run_pareto
 
@@ -251,7 +262,8 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     order = list(dict.fromkeys(m.name for m in methods))
     table = markdown_table(records, "test_acc", order)
     title = (f"# {cfg.study}: test accuracy, mean ± std (seeds)\n\n"
-             f"target {prep.target.data.name}, source {prep.source.data.name}; protocol "
+             f"target {prep.target.data.name}, source{'s' * prep.multi_source} "
+             f"{', '.join(prep.sources)}; protocol "
              f"{prep.protocol.describe()}; labels per cell: "
              + ("n" if not prep.protocol.uses_validation_split else f"n + {n_val} validation")
              + "\n\n")

@@ -7,8 +7,9 @@ nothing else: no validation or test label, no training.
 * LogME (You et al. 2021): the log marginal likelihood (evidence) per example of a Bayesian
   linear regression from features to each one-hot class column, maximised over its prior and
   noise precisions by MacKay's fixed point; averaged over classes.
-* H-score (Bao et al. 2019): ``tr(cov(f)^+ cov(E[f | y]))``, how far apart the class means
-  sit relative to the features' spread.
+* H-score (Bao et al. 2019): ``tr(cov(f)^-1 cov(E[f | y]))``, how far apart the class means
+  sit relative to the features' spread; cov(f) shrunk (Ledoit-Wolf, as Ibrahim et al. 2022
+  advise), since with fewer labels than feature dimensions it is singular.
 * LEEP (Nguyen et al. 2020): the mean log-likelihood of the target labels under the "expected
   empirical predictor" built from the source head's soft predictions and the empirical
   conditional P(y | z).
@@ -21,7 +22,7 @@ nothing else: no validation or test label, no training.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -79,15 +80,20 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def h_score(features: np.ndarray, labels: np.ndarray) -> float:
-    """``tr(pinv(cov f) cov(E[f|y]))`` with population covariances (Bao et al. 2019, eq. 2)."""
-    centred = features - features.mean(axis=0)
-    cov_f = centred.T @ centred / len(features)
+    """``tr(cov(f)^-1 cov(E[f|y]))`` (Bao et al. 2019, eq. 2) in its regularised form
+    (Ibrahim et al. 2022): cov(f) the Ledoit-Wolf estimate with shrinkage a, cov(E[f|y])
+    scaled by 1 - a. With more feature dimensions than labels the plain sample covariance is
+    singular and the score collapses to (classes - 1) for any features."""
+    from sklearn.covariance import LedoitWolf
+
+    shrunk = LedoitWolf().fit(features)
+    cov_f, alpha = shrunk.covariance_, float(shrunk.shrinkage_)
     means = np.zeros_like(features)
     for c in np.unique(labels):
         means[labels == c] = features[labels == c].mean(axis=0)
     centred_g = means - means.mean(axis=0)
     cov_g = centred_g.T @ centred_g / len(features)
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
+    return float(np.trace(np.linalg.solve(cov_f, (1 - alpha) * cov_g)))
 
 
 def _joint(labels: np.ndarray, source_probs: np.ndarray) -> np.ndarray:
@@ -170,3 +176,71 @@ def estimate(features: np.ndarray, labels: np.ndarray, source_probs: np.ndarray 
         out[name] = {"value": round(float(value), 6),
                      "seconds": round(time.perf_counter() - start, 4)}
     return out
+
+
+# --- a study's estimates ----------------------------------------------------------------------
+
+ESTIMATES = "transferability.jsonl"
+
+
+def source_outputs(prep: Any, name: str, seed_model: Any) -> tuple[Any, Any]:
+    """Frozen features of every target text under one source network, and its head's class
+    probabilities over the source classes (None without a source head: hub weights)."""
+    import torch
+
+    from bench.models.transformer import frozen_features
+
+    side = prep.sources[name]
+    model = prep.make_source_model(side.task.num_classes)
+    model.load_state_dict(seed_model.state_dict, strict=not seed_model.metrics)
+    features = frozen_features(model, prep.target.ids)
+    probs = None
+    if seed_model.metrics:  # trained on the source task: its head is the source classifier
+        model.eval()
+        with torch.no_grad():
+            probs = torch.softmax(model.head(features), dim=1).numpy()
+    return features.numpy(), probs
+
+
+def estimate_key(r: Mapping[str, Any]) -> tuple[str, Any, str, int]:
+    return (r["source"], r.get("source_seed"), str(r["size"]), int(r["seed"]))
+
+
+def record_estimates(prep: Any, cfg: Any, sizes: list, out: Any, console: Any) -> int:
+    """Estimates for every (source, source seed, size, seed) not yet in ``transferability.jsonl``,
+    each on exactly the n labels that replicate's cells train on. Returns how many were added."""
+    from bench.config import source_seeds
+    from bench.data.splits import training_subset
+    from bench.prepare import resolve_size
+    from bench.results import append_record, load_records
+
+    names = list(cfg.get("transferability") or [])
+    if not names or not any(s.models for s in prep.sources.values()):
+        return 0
+    path = out / ESTIMATES
+    done = {estimate_key(r) for r in load_records(path, key=estimate_key)}
+    seeds_axis = source_seeds(cfg)
+    target, added = prep.target, 0
+    for name, side in prep.sources.items():
+        for source_seed, model in side.models.items():
+            recorded_seed = source_seed if seeds_axis else None
+            todo = [(size, seed) for size in sizes for seed in cfg.seeds
+                    if (name, recorded_seed, str(size), int(seed)) not in done]
+            if not todo:
+                continue
+            start = time.perf_counter()
+            features, probs = source_outputs(prep, name, model)
+            extract = time.perf_counter() - start
+            for size, seed in todo:
+                n = resolve_size(size, target)
+                idx = training_subset(target.data.labels, target.splits.pool, n, int(seed))
+                values = estimate(features[idx], target.data.labels[idx],
+                                  None if probs is None else probs[idx], names, int(seed))
+                append_record(path, {"source": name, "source_seed": recorded_seed,
+                                     "size": size, "n_train": n, "seed": int(seed),
+                                     "source_key": model.key, "estimates": values,
+                                     "features_seconds": round(extract, 3)}, estimate_key)
+                added += 1
+    if added and console:
+        console.print(f"transferability: {added} estimates written to {path}")
+    return added

@@ -46,6 +46,7 @@ class TextCNN(nn.Module):
     """Kim's CNN. ``blocks`` lists the named blocks from the bottom (input) to the top (output)."""
 
     blocks: tuple[str, ...] = ("embedding", "encoder", "head")
+    pad_id = 0
 
     def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 50,
                  windows: Sequence[int] = (3, 4, 5), maps: int = 100, dropout: float = 0.5) -> None:
@@ -61,9 +62,13 @@ class TextCNN(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.encoder.out_features,
                                                                  num_classes))
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """What the head reads: ``[B, maps x windows]`` max-pooled convolution features."""
         lengths = (ids != 0).sum(dim=1)  # texts are left-aligned, padded with id 0
-        return self.head(self.encoder(self.embedding(ids), lengths))
+        return self.encoder(self.embedding(ids), lengths)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(ids))
 
     def block(self, name: str) -> nn.Module:
         return getattr(self, name)

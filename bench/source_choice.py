@@ -1,0 +1,180 @@
+"""Would the estimators have picked the right source? Estimates against measured gains.
+
+For each target size: per source, the estimators' mean over seeds (``transferability.jsonl``)
+beside the measured gain over scratch of that source's best strategy (best mean test accuracy
+among the strategies transferred from it; paired over matched seeds as in ``gains.md``). Per
+estimator, Kendall's tau and Spearman's rho between estimate and gain across sources with a
+percentile bootstrap over seeds (seeds resampled, every mean recomputed), the source it picks
+and its regret: the best source's accuracy minus the picked one's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from bench.results import load_records, size_order
+
+BOOTSTRAP = 2000
+LEVEL = 0.95
+
+
+def source_of(strategy: str) -> str | None:
+    """``full@tweets`` -> ``tweets``; a one-source study's strategies carry no source."""
+    return strategy.split("@", 1)[1] if "@" in strategy else None
+
+
+def estimates_frame(path: Path) -> pd.DataFrame:
+    from bench.transferability import estimate_key
+
+    rows = []
+    for r in load_records(path, key=estimate_key):
+        for name, v in (r.get("estimates") or {}).items():
+            rows.append({"source": r["source"], "source_seed": r.get("source_seed"),
+                         "size": str(r["size"]), "seed": int(r["seed"]), "estimator": name,
+                         "value": float(v["value"]), "seconds": float(v["seconds"])})
+    return pd.DataFrame(rows)
+
+
+def _per_seed_accuracy(df: pd.DataFrame, strategy: str, size: str) -> pd.Series:
+    g = df[(df["strategy"] == strategy) & (df["size"] == size)]
+    return g.groupby("seed")["score"].mean()
+
+
+def analyse(df: pd.DataFrame, estimates: pd.DataFrame, paired: Any,
+            reference: str = "scratch") -> dict[str, pd.DataFrame]:
+    """{size: (per-source table, per-estimator table)} as two frames with a ``size`` column.
+
+    ``df`` is the report's frame (one row per record, ``score`` = the metric); ``paired`` its
+    paired analysis of two strategies' rows."""
+    source_rows, estimator_rows = [], []
+    for size in sorted(estimates["size"].unique(), key=size_order):
+        cell = df[df["size"] == size]
+        scratch = _per_seed_accuracy(df, reference, size)
+        if scratch.empty:
+            continue
+        per_source: dict[str, dict[str, Any]] = {}
+        for source in sorted(estimates.loc[estimates["size"] == size, "source"].unique()):
+            names = [s for s in cell["strategy"].unique() if source_of(s) == source] or \
+                [s for s in cell["strategy"].unique() if source_of(s) is None
+                 and s != reference and s in set(df.loc[df["transfers"], "strategy"])]
+            if not names:
+                continue
+            means = {s: cell.loc[cell["strategy"] == s, "score"].mean() for s in names}
+            best = max(names, key=lambda s: (means[s], s))
+            acc = _per_seed_accuracy(df, best, size)
+            est = paired(cell[cell["strategy"] == best], cell[cell["strategy"] == reference])
+            e = estimates[(estimates["size"] == size) & (estimates["source"] == source)]
+            per_source[source] = {"best": best, "acc": acc, "scratch": scratch,
+                                  "estimates": e.groupby(["estimator", "seed"])["value"].mean()}
+            source_rows.append({
+                "size": size, "source": source, "best strategy": best,
+                "accuracy": means[best], "gain": est.mean if est else math.nan,
+                "gain_low": est.low if est else math.nan,
+                "gain_high": est.high if est else math.nan,
+                **{name: e.loc[e["estimator"] == name, "value"].mean()
+                   for name in sorted(e["estimator"].unique())},
+                "estimate_seconds": e.groupby("seed")["seconds"].sum().mean()})
+        if not per_source:
+            continue
+        sources = list(per_source)
+        seeds = sorted(set.intersection(*(set(v["acc"].index) & set(v["scratch"].index)
+                                          for v in per_source.values())))
+        for name in sorted(estimates["estimator"].unique()):
+            if not all(name in v["estimates"].index.get_level_values(0)
+                       for v in per_source.values()):
+                continue
+            estimator_rows.append({"size": size, "estimator": name,
+                                   **_agreement(per_source, sources, seeds, name)})
+    return {"sources": pd.DataFrame(source_rows), "estimators": pd.DataFrame(estimator_rows)}
+
+
+def _agreement(per_source: dict[str, dict[str, Any]], sources: list[str], seeds: list[int],
+               name: str) -> dict[str, Any]:
+    """Rank correlations with bootstrap CIs over seeds, the pick and its regret."""
+
+    def means(sample: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        est = np.array([per_source[s]["estimates"][name].reindex(sample).mean()
+                        for s in sources])
+        acc = np.array([per_source[s]["acc"].reindex(sample).mean() for s in sources])
+        gain = acc - np.array([per_source[s]["scratch"].reindex(sample).mean()
+                               for s in sources])
+        return est, gain, acc
+
+    est, gain, acc = means(seeds)
+    pick = sources[int(np.nanargmax(est))]
+    out: dict[str, Any] = {"sources": len(sources), "seeds": len(seeds), "picks": pick,
+                           "best source": sources[int(np.nanargmax(acc))],
+                           "regret": float(np.nanmax(acc) - acc[sources.index(pick)])}
+    rng = np.random.default_rng(0)
+    boots: dict[str, list[float]] = {"tau": [], "rho": []}
+    for _ in range(BOOTSTRAP if len(sources) >= 3 and len(seeds) >= 2 else 0):
+        sample = list(rng.choice(seeds, size=len(seeds), replace=True))
+        e, g, _ = means(sample)
+        boots["tau"].append(_corr(sps.kendalltau, e, g))
+        boots["rho"].append(_corr(sps.spearmanr, e, g))
+    for key, fn in (("tau", sps.kendalltau), ("rho", sps.spearmanr)):
+        value = _corr(fn, est, gain) if len(sources) >= 3 else math.nan
+        lo, hi = (np.nanpercentile(boots[key], [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+                  if boots[key] and not np.all(np.isnan(boots[key])) else (math.nan, math.nan))
+        out.update({key: value, f"{key}_low": float(lo), f"{key}_high": float(hi)})
+    return out
+
+
+def _corr(fn: Any, a: np.ndarray, b: np.ndarray) -> float:
+    if len(set(np.round(a, 12))) < 2 or len(set(np.round(b, 12))) < 2:
+        return math.nan  # a constant ranking has no correlation
+    return float(fn(a, b)[0])
+
+
+def _f(v: float, digits: int = 3, sign: bool = False) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else \
+        (f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}")
+
+
+def markdown(result: dict[str, pd.DataFrame], name: str, metric: str) -> str:
+    sources, estimators = result["sources"], result["estimators"]
+    lines = [f"{name}: which source? Transferability estimates vs measured {metric} gains\n",
+             "Estimates: the frozen source network's features (and its head's source-class "
+             "probabilities for LEEP and NCE) on each replicate's n training labels only, "
+             "before any fine-tuning; mean over seeds. Measured: the source's best strategy "
+             f"(highest mean {metric}) minus scratch, paired over matched seeds, 95% CI.\n"]
+    for size in sorted(sources["size"].unique(), key=size_order):
+        s = sources[sources["size"] == size]
+        names = [c for c in s.columns if c not in ("size", "source", "best strategy", "accuracy",
+                                                   "gain", "gain_low", "gain_high",
+                                                   "estimate_seconds")]
+        table = pd.DataFrame({
+            "source": s["source"], "best strategy": s["best strategy"],
+            metric: s["accuracy"].map(_f),
+            "gain vs scratch [95% CI]": [f"{_f(g, sign=True)} [{_f(lo, sign=True)}, "
+                                         f"{_f(hi, sign=True)}]"
+                                         for g, lo, hi in zip(s["gain"], s["gain_low"],
+                                                              s["gain_high"])],
+            **{n: s[n].map(_f) for n in names},
+            "estimates, s": s["estimate_seconds"].map(lambda v: _f(v, 2))})
+        lines += [f"## n={size}\n", table.to_markdown(index=False, disable_numparse=True), ""]
+        e = estimators[estimators["size"] == size] if not estimators.empty else estimators
+        if not e.empty:
+            agree = pd.DataFrame({
+                "estimator": e["estimator"],
+                "Kendall tau [95% CI]": [f"{_f(t, 2, True)} [{_f(lo, 2, True)}, {_f(hi, 2, True)}]"
+                                         for t, lo, hi in zip(e["tau"], e["tau_low"],
+                                                              e["tau_high"])],
+                "Spearman rho [95% CI]": [f"{_f(t, 2, True)} [{_f(lo, 2, True)}, "
+                                          f"{_f(hi, 2, True)}]"
+                                          for t, lo, hi in zip(e["rho"], e["rho_low"],
+                                                               e["rho_high"])],
+                "picks": e["picks"], "best source": e["best source"],
+                "regret": e["regret"].map(_f)})
+            lines += [agree.to_markdown(index=False, disable_numparse=True), ""]
+    n_src = int(estimators["sources"].max()) if not estimators.empty else 0
+    lines.append(f"Correlations over {n_src} sources need at least 3 (n/a otherwise); CIs: "
+                 f"percentile bootstrap over seeds ({BOOTSTRAP} resamples). Regret: the best "
+                 f"source's {metric} minus the picked source's.")
+    return "\n".join(lines) + "\n"
