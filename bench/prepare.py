@@ -88,6 +88,7 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     seed = int(cfg.data.split_seed)
     source_splits = {name: split(source_data[name], c, seed) for name, c in source_cfgs.items()}
     target_splits = split(target_data, cfg.data.target, seed)
+    shown: set[str] = set()
     for name, c in source_cfgs.items():
         checked = inspect_data(source_data[name], target_data, target_splits=target_splits,
                                target_max_len=int(cfg.data.target.max_len),
@@ -96,7 +97,8 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
                                folds=max(protocol.folds, 1))
         checked.raise_for_errors()  # data that cannot support the study: one line, no training
         for warning in checked.warnings:
-            if console:
+            if console and warning not in shown:  # the target's own, once for all sources
+                shown.add(warning)
                 console.print(f"data warning: {warning}")
     texts_by_source = {name: training_texts(source_data[name], source_splits[name].pool,
                                             protocol) for name in source_cfgs}
