@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference reference-fixed-val variance strategies benchmark install clean-venv
+.PHONY: run test reference reference-fixed-val variance strategies minilm multisource benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ minilm: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm $(ARGS)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm_1000 $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_minilm
+
+## multisource: regenerate the committed multi-source studies (product reviews, Reuters R8)
+multisource: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=amazon_multisource $(ARGS)
+	$(BIN)/transfer-bench report results/amazon_multisource
+	$(BIN)/transfer-bench sweep experiment=reuters_multisource $(ARGS)
+	$(BIN)/transfer-bench report results/reuters_multisource
 
 ## benchmark: suite vs plain PyTorch throughput, per-trial overhead, default study wall time
 benchmark: $(STAMP)

@@ -269,8 +269,80 @@ def time_default_study(extra: Sequence[str]) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def suite_epochs(prep: Any, cfg: Any, epochs: int, examples: int | None, seed: int = 0
+                 ) -> list[float]:
+    """The suite's training loop alone (what one trial runs): examples/s per epoch."""
+    source = prep.source
+    transformer = prep.backbone.kind == "transformer"
+    pool = _pool(prep, examples or (512 if transformer else None))
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = prep.backbone.start(prep.backbone.build(cfg.model, source.num_classes), prep.matrix)
+    module = TextClassifier(model, source.num_classes, float(cfg.train.lr),
+                            optimizer="adamw" if transformer else "adam")
+    clock = EpochClock()
+    fit_and_test(module, source.loader(pool, int(cfg.train.batch_size), True, seed),
+                 source.loader(source.splits.val[:200], EVAL_BATCH), None,
+                 {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
+                 callbacks=[clock])
+    return [len(pool) / s for s in clock.epoch_seconds]
+
+
+def concurrent_worker(overrides: Sequence[str], epochs: int, examples: int | None,
+                      barrier: Path, index: int, count: int) -> None:
+    """One of ``count`` processes of :func:`aggregate_throughput`: prepare, wait until every
+    process is ready (files in ``barrier``), train, write its per-epoch rates."""
+    from bench.prepare import prepare
+
+    quiet_lightning()
+    cfg = config_mod.compose_config(["strategy=[full]", "baseline=none", "hpo=none", *overrides])
+    prep = prepare(cfg, config_mod.strategies(cfg), config_mod.sizes(cfg))
+    (barrier / f"ready-{index}").touch()
+    deadline = time.monotonic() + 600
+    while len(list(barrier.glob("ready-*"))) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rates = suite_epochs(prep, cfg, epochs, examples, seed=index)
+    atomic_write_text(barrier / f"rates-{index}.json", json.dumps(rates))
+
+
+def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: int,
+                         examples: int | None) -> list[dict[str, Any]]:
+    """Examples/s of K concurrent trial processes (each the suite's training loop), for each K,
+    in one run: the CPU threads split evenly (``cores // K`` each), on a GPU machine the
+    processes spread round-robin over the visible devices. The sum of the processes' median
+    per-epoch rates, and its ratio to K = 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    rows: list[dict[str, Any]] = []
+    for k in ks:
+        with tempfile.TemporaryDirectory(prefix="transfer-bench-concurrent-") as tmp:
+            barrier = Path(tmp)
+            threads = str(max(1, (cpus or 1) // k))
+            procs = []
+            for i in range(k):
+                env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+                cmd = [sys.executable, "-m", "bench.cli", "benchmark", *overrides,
+                       "--epochs", str(epochs), "--concurrent-worker", f"{tmp}:{i}:{k}",
+                       *(["--examples", str(examples)] if examples else [])]
+                procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE, text=True))
+            errors = [p.communicate()[1] for p in procs]
+            if any(p.returncode for p in procs):
+                raise RuntimeError(f"a concurrent worker failed: {errors[0].strip()[-300:]}")
+            per = [statistics.median(json.loads((barrier / f"rates-{i}.json").read_text()))
+                   for i in range(k)]
+        rows.append({"k": k, "threads_each": int(threads), "examples_per_s": round(sum(per), 1),
+                     "per_process": [round(x, 1) for x in per]})
+    base = next((r["examples_per_s"] for r in rows if r["k"] == 1), None)
+    for r in rows:
+        r["ratio_to_1"] = round(r["examples_per_s"] / base, 2) if base else None
+    return rows
+
+
 def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
-        out_dir: Path, examples: int | None = None) -> dict[str, Any]:
+        out_dir: Path, examples: int | None = None,
+        concurrency: Sequence[int] = ()) -> dict[str, Any]:
     from bench.prepare import prepare
 
     quiet_lightning()
@@ -311,6 +383,8 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
             "plain_fixed64_fused_adam_examples_per_s": round(statistics.median(tp.plain_fused), 1),
             "ratio_vs_fused": round(statistics.median(tp.suite) / statistics.median(tp.plain_fused),
                                     2)})
+    if concurrency:
+        report["concurrent"] = aggregate_throughput(overrides, concurrency, epochs, examples)
     if study:
         report["default_study"] = time_default_study([])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,6 +425,12 @@ def table(report: dict[str, Any]) -> str:
     if "default_study" in report:
         rows.append(f"| default study wall time, s (`{report['default_study']['command']}`) | "
                     f"{report['default_study']['seconds']:.0f} | | |")
+    if report.get("concurrent"):
+        rows += ["", "| concurrent trial processes K | threads each | aggregate examples/s | "
+                     "per process | ratio to K = 1 |", "|---|---|---|---|---|"]
+        rows += [f"| {r['k']} | {r['threads_each']} | {r['examples_per_s']:,.1f} | "
+                 f"{', '.join(f'{x:,.0f}' for x in r['per_process'])} | "
+                 f"{r['ratio_to_1']:.2f}x |" for r in report["concurrent"]]
     head = (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
             + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
             f"task: {report['task']['source']}, {report['task']['train_examples']} training "

@@ -288,13 +288,28 @@ def benchmark(argv: Sequence[str]) -> None:
     parser.add_argument("--examples", type=int, default=None,
                         help="train on the first N source texts (default: all for the TextCNN, "
                              "512 for a transformer)")
+    parser.add_argument("--concurrency", default="",
+                        help="also measure K concurrent trial processes for each K, e.g. 1,2,4")
+    parser.add_argument("--concurrent-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--study", action="store_true",
                         help="also time the default study (`transfer-bench sweep`) end to end")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"),
                         help="folder for the JSON (default results/benchmark)")
     args = parser.parse_args(argv)
+    if args.concurrent_worker:  # one process of --concurrency (internal)
+        folder, index, count = args.concurrent_worker.rsplit(":", 2)
+        bm.concurrent_worker(args.overrides, args.epochs, args.examples, Path(folder),
+                             int(index), int(count))
+        return
+    try:
+        ks = [int(k) for k in args.concurrency.split(",") if k.strip()]
+    except ValueError:
+        raise BenchError(f"--concurrency {args.concurrency!r}; give process counts, e.g. "
+                         "1,2,4") from None
+    if any(k < 1 for k in ks):
+        raise BenchError(f"--concurrency {args.concurrency!r}; counts must be >= 1")
     report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out,
-                    args.examples)
+                    args.examples, ks)
     print(bm.table(report))
     print(f"\nwritten to {report['path']}")
 

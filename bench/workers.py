@@ -50,7 +50,7 @@ def planned_runs(cfg: DictConfig) -> int:
     sizes, seeds = len(config_mod.sizes(cfg)), len(cfg.seeds)
     tuned = int(cfg.hpo.n_trials) > 0
     tunings = config_mod.tuning_replicates(cfg) if tuned else 1
-    sources = len(config_mod.source_seeds(cfg) or [None])
+    sources = len(config_mod.source_seeds(cfg) or [None]) * len(config_mod.source_configs(cfg))
     total = sum(sizes * seeds * tunings * (sources if s.transfer == "network" else 1)
                 for s in config_mod.strategies(cfg))
     if cfg.baseline.name != "none":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_cli, small_study_overrides
 
 
@@ -11,7 +13,8 @@ def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, 
     overrides = [a for a in small_study_overrides(small_data, tmp_path, cache)
                  if not a.startswith(("hpo=", "baseline="))]
     out = tmp_path / "bench"
-    proc = run_cli("benchmark", *overrides, "--epochs", "2", "--repeats", "1", "--out", str(out))
+    proc = run_cli("benchmark", *overrides, "--epochs", "2", "--repeats", "1", "--out", str(out),
+                   "--concurrency", "1,2")
     assert proc.returncode == 0, proc.stderr
     assert "training throughput, examples/s" in proc.stdout and "per-trial overhead" in proc.stdout
     (path,) = out.glob("*.json")
@@ -23,3 +26,14 @@ def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, 
     assert 0 < report["trial_overhead_seconds"]["median"] < 60
     assert report["machine"]["cores"] >= 1 and report["task"]["train_examples"] == 400
     assert f"{tp['ratio']:.2f}x" in proc.stdout
+    concurrent = report["concurrent"]  # K processes at once behind a start barrier
+    assert [r["k"] for r in concurrent] == [1, 2] and concurrent[0]["ratio_to_1"] == 1.0
+    assert len(concurrent[1]["per_process"]) == 2 and concurrent[1]["examples_per_s"] > 0
+    assert concurrent[1]["examples_per_s"] == pytest.approx(sum(concurrent[1]["per_process"]),
+                                                            abs=0.2)
+    assert "concurrent trial processes K" in proc.stdout
+
+
+def test_benchmark_rejects_a_bad_concurrency_list(tmp_path, small_data, cache):
+    proc = run_cli("benchmark", "--concurrency", "1,zero")
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --concurrency")
