@@ -118,6 +118,8 @@ def _agreement(per_source: dict[str, dict[str, Any]], sources: list[str], seeds:
         e, g, _ = means(sample)
         boots["tau"].append(_corr(sps.kendalltau, e, g))
         boots["rho"].append(_corr(sps.spearmanr, e, g))
+    out["tau_p"] = (float(sps.kendalltau(est, gain).pvalue) if len(sources) >= 3
+                    and not math.isnan(_corr(sps.kendalltau, est, gain)) else math.nan)
     for key, fn in (("tau", sps.kendalltau), ("rho", sps.spearmanr)):
         value = _corr(fn, est, gain) if len(sources) >= 3 else math.nan
         lo, hi = (np.nanpercentile(boots[key], [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
@@ -166,6 +168,7 @@ def markdown(result: dict[str, pd.DataFrame], name: str, metric: str) -> str:
                 "Kendall tau [95% CI]": [f"{_f(t, 2, True)} [{_f(lo, 2, True)}, {_f(hi, 2, True)}]"
                                          for t, lo, hi in zip(e["tau"], e["tau_low"],
                                                               e["tau_high"])],
+                "tau p (exact)": e["tau_p"].map(lambda v: _f(v, 2)),
                 "Spearman rho [95% CI]": [f"{_f(t, 2, True)} [{_f(lo, 2, True)}, "
                                           f"{_f(hi, 2, True)}]"
                                           for t, lo, hi in zip(e["rho"], e["rho_low"],
@@ -174,7 +177,10 @@ def markdown(result: dict[str, pd.DataFrame], name: str, metric: str) -> str:
                 "regret": e["regret"].map(_f)})
             lines += [agree.to_markdown(index=False, disable_numparse=True), ""]
     n_src = int(estimators["sources"].max()) if not estimators.empty else 0
-    lines.append(f"Correlations over {n_src} sources need at least 3 (n/a otherwise); CIs: "
-                 f"percentile bootstrap over seeds ({BOOTSTRAP} resamples). Regret: the best "
-                 f"source's {metric} minus the picked source's.")
+    lines.append(f"Correlations over {n_src} sources need at least 3 (n/a otherwise). CIs: "
+                 f"percentile bootstrap over seeds ({BOOTSTRAP} resamples): the seed-to-seed "
+                 "uncertainty of the ranking, rough with few seeds. tau p: scipy's exact test "
+                 "of no association across the sources (two-sided; a perfect ranking of k "
+                 "sources has p = 2/k!: 0.333 for 3, 0.083 for 4). Regret: the best source's "
+                 f"{metric} minus the picked source's.")
     return "\n".join(lines) + "\n"
