@@ -236,3 +236,50 @@ def test_tfidf_baseline_is_tuned_on_the_same_cells(tmp_path, small_data, cache):
     records = load_records(tmp_path / "tuned_baseline" / "records.jsonl")
     (base,) = [r for r in records if r["strategy"] == "tfidf_logreg"]
     assert set(base["params"]) == {"C"} and base["hpo"]["n_trials"] == 5
+
+
+def test_two_multi_worker_sweeps_share_one_postgresql_study(postgres, tmp_path, small_data,
+                                                            cache):
+    """Two machines' worth: two `transfer-bench sweep workers=2` processes (four workers) on
+    one study and one PostgreSQL storage. Every replicate ends with exactly n finished trials
+    and every record is written once."""
+    import subprocess as sp
+
+    from conftest import REPO
+
+    args = _tuned_args(tmp_path, small_data, cache, "hpo.n_trials=3", "seeds=[0,1,2]",
+                       "strategy=[scratch,frozen]", f"hpo.storage={postgres}", "workers=2",
+                       "hpo.pruner.n_startup_trials=1")
+    exe = Path(sys.executable).with_name("transfer-bench")
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFER_BENCH_DEBUG"}
+    procs = [sp.Popen([str(exe), "sweep", *args], cwd=REPO, env=env, stdout=sp.PIPE,
+                      stderr=sp.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err
+    lines = (tmp_path / "small" / "records.jsonl").read_text().splitlines()
+    keys = [(r["strategy"], r["size"], r["seed"]) for r in map(json.loads, lines)]
+    assert len(keys) == len(set(keys)) == 3 * 3  # (scratch, frozen, majority) x 3 seeds
+    for strategy in ("scratch", "frozen"):
+        for seed in (0, 1, 2):
+            study = cell_study(postgres, strategy, "100", seed)
+            finished = [t for t in study.trials
+                        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            assert len(finished) == 3, (strategy, seed, [t.state for t in study.trials])
+
+
+def test_hydra_submitit_local_launcher_runs_jobs_on_one_study(tmp_path, small_data, cache):
+    """Scale-out through Hydra's submitit launcher (`submitit_slurm` on a cluster): a
+    multirun of two jobs, one seed each, appending to the same study."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
+                        reason="install hydra-submitit-launcher (the dev extra has it)")
+    args = [a for a in small_study_overrides(small_data, tmp_path, cache) if not
+            a.startswith("seeds")]
+    proc = run_cli("sweep", "-m", "hydra/launcher=submitit_local",
+                   "hydra.launcher.timeout_min=20", *args, "strategy=[scratch,frozen]",
+                   "seeds=[0],[1]")
+    assert proc.returncode == 0, proc.stderr
+    records = load_records(tmp_path / "small" / "records.jsonl")
+    assert sorted({r["seed"] for r in records}) == [0, 1]
+    assert len(records) == 2 * 2 * 3  # 2 seeds x 2 sizes x (scratch, frozen, majority)
+    assert list((tmp_path / ".multirun").glob("*/.submitit"))  # the launcher's own job folders
