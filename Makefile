@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference reference-fixed-val variance strategies minilm multisource benchmark install clean-venv
+.PHONY: run test reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,29 @@ multisource: $(STAMP)
 	$(BIN)/transfer-bench report results/amazon_multisource
 	$(BIN)/transfer-bench sweep experiment=reuters_multisource $(ARGS)
 	$(BIN)/transfer-bench report results/reuters_multisource
+
+## wheelhouse: every wheel transfer-bench needs except torch, for a machine without an index
+## (the GPU image: `make wheelhouse WHEEL_PY=3.12`; there: `pip install --no-index
+## --find-links wheelhouse transfer-bench`, which keeps the machine's own torch)
+WHEEL_PY ?= 3.11
+WHEEL_DEPS = $(shell $(PYTHON) -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
+	print(' '.join(repr(x) for x in d['project']['dependencies'] \
+	               if not x.startswith(('torch', 'lightning', 'peft'))))")
+WHEEL_GET = $(PYTHON) -m pip download --quiet --disable-pip-version-check -d wheelhouse \
+	--find-links wheelhouse \
+	--only-binary=:all: --python-version $(WHEEL_PY) --platform manylinux2014_x86_64 \
+	--platform manylinux_2_28_x86_64 --platform any
+wheelhouse:
+	rm -rf wheelhouse && mkdir wheelhouse
+	# transfer-bench itself, and hydra's parser runtime, which PyPI has only as source: both
+	# pure Python, so these wheels install on any platform
+	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps -w wheelhouse . \
+	    antlr4-python3-runtime==4.9.3
+	# pyproject's dependencies with theirs, except those that would pull in a torch build ...
+	$(WHEEL_GET) $(WHEEL_DEPS) psycopg2-binary psutil pyyaml "fsspec[http]" tqdm packaging
+	# ... which come alone (the machine's torch stays)
+	$(WHEEL_GET) --no-deps peft accelerate lightning pytorch-lightning torchmetrics \
+	    lightning-utilities
 
 ## benchmark: suite vs plain PyTorch throughput, per-trial overhead, default study wall time
 benchmark: $(STAMP)

@@ -36,12 +36,16 @@ SAMPLERS = ("tpe", "random")
 
 
 def config_dir() -> Path:
-    """``conf/`` beside the package (editable install or source checkout), or $TRANSFER_BENCH_CONF."""
+    """$TRANSFER_BENCH_CONF, else ``conf/`` beside the package (editable install or source
+    checkout), else ``./conf`` (a wheel installed offline, run from the checkout)."""
     env = os.environ.get("TRANSFER_BENCH_CONF")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
-    if not (path / "config.yaml").is_file():
-        raise BenchError(f"config folder not found at {path}; set TRANSFER_BENCH_CONF")
-    return path
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parent.parent / "conf",
+                                          Path.cwd() / "conf"]
+    for path in candidates:
+        if (path / "config.yaml").is_file():
+            return path
+    raise BenchError(f"config folder not found at {candidates[0]}; run from the checkout or "
+                     "set TRANSFER_BENCH_CONF")
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
