@@ -86,6 +86,14 @@ def plain_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor
         ids = F.pad(ids, (0, fixed_len - width))
     ids = ids[:, :fixed_len].contiguous()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=fused or None)
+    return _plain_loop(model, ids, labels, batch_size, epochs, optimizer, seed)
+
+
+def _plain_loop(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+                batch_size: int, epochs: int, optimizer: torch.optim.Optimizer, seed: int,
+                lengths: torch.Tensor | None = None) -> list[float]:
+    """Shuffled batches, cross-entropy, one optimizer step each; seconds per epoch. With
+    ``lengths`` each batch is cut to its longest text (dynamic padding)."""
     generator = torch.Generator().manual_seed(seed)
     model.train()
     seconds = []
@@ -94,8 +102,9 @@ def plain_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor
         order = torch.randperm(len(ids), generator=generator)
         for i in range(0, len(order), batch_size):
             batch = order[i:i + batch_size]
+            x = ids[batch] if lengths is None else ids[batch, :int(lengths[batch].max())]
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(ids[batch]), labels[batch])
+            loss = F.cross_entropy(model(x), labels[batch])
             loss.backward()
             optimizer.step()
         seconds.append(time.perf_counter() - start)
@@ -123,22 +132,16 @@ def plain_transformer_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: 
     """The usual fine-tuning script: shuffled batches, each padded to its longest text
     (dynamic padding; the ids are already cut to ``model.max_len``), AdamW, cross-entropy."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    lengths = (ids != pad_id).sum(dim=1)
-    model.train()
-    seconds = []
-    for _ in range(epochs):
-        start = time.perf_counter()
-        order = torch.randperm(len(ids), generator=generator)
-        for i in range(0, len(order), batch_size):
-            batch = order[i:i + batch_size]
-            width = int(lengths[batch].max())
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(ids[batch, :width]), labels[batch])
-            loss.backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return _plain_loop(model, ids, labels, batch_size, epochs, optimizer, seed,
+                       lengths=(ids != pad_id).sum(dim=1))
+
+
+def _fresh(prep: Any, cfg: Any, seed: int) -> torch.nn.Module:
+    """The network every loop trains: upstream weights in place (vectors or hub weights), a
+    new head for the source classes, under ``seed``."""
+    L.seed_everything(seed, workers=True, verbose=False)
+    return prep.backbone.start(prep.backbone.build(cfg.model, prep.source.num_classes),
+                               prep.matrix)
 
 
 def _pool(prep: Any, examples: int | None) -> Any:
@@ -165,9 +168,7 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,
     plain_acc: list[float] = []
 
     def fresh(seed: int) -> torch.nn.Module:
-        L.seed_everything(seed, workers=True, verbose=False)
-        return prep.backbone.start(prep.backbone.build(cfg.model, source.num_classes),
-                                   prep.matrix)
+        return _fresh(prep, cfg, seed)
 
     for rep in range(repeats):
         clock = EpochClock()
@@ -196,7 +197,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
     """Full fine-tuning of the pretrained encoder: the suite's loop (bucketed batches, AdamW
     with the configured schedule) against a plain loop with dynamic padding. ``plain_fused``
     is left empty: both sides use the same optimizer."""
-    source, backbone = prep.source, prep.backbone
+    source = prep.source
     pool = _pool(prep, examples or 512)
     bs, lr, wd = int(cfg.train.batch_size), float(cfg.train.lr), float(cfg.train.weight_decay)
     val = source.splits.val[:500]
@@ -207,8 +208,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
     plain_acc: list[float] = []
 
     def fresh(seed: int) -> torch.nn.Module:
-        L.seed_everything(seed, workers=True, verbose=False)
-        return backbone.start(backbone.build(cfg.model, source.num_classes), None)
+        return _fresh(prep, cfg, seed)
 
     def accuracy(model: torch.nn.Module) -> float:
         from bench.models.transformer import Probe, frozen_features
@@ -275,8 +275,7 @@ def suite_epochs(prep: Any, cfg: Any, epochs: int, examples: int | None, seed: i
     source = prep.source
     transformer = prep.backbone.kind == "transformer"
     pool = _pool(prep, examples or (512 if transformer else None))
-    L.seed_everything(seed, workers=True, verbose=False)
-    model = prep.backbone.start(prep.backbone.build(cfg.model, source.num_classes), prep.matrix)
+    model = _fresh(prep, cfg, seed)
     module = TextClassifier(model, source.num_classes, float(cfg.train.lr),
                             optimizer="adamw" if transformer else "adam")
     clock = EpochClock()
