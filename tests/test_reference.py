@@ -19,6 +19,13 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     # 3 sizes x (10 strategies + TF-IDF + majority) x 5 seeds
     ("movie_to_amazon_strategies", ["--against", "full"],
      ("flags.md", "edges.md", "gains_vs_full.md", "gains_vs_full.csv"), 3 * 12 * 5),
+    # all-MiniLM-L6-v2: 2 sizes x (8 strategies + TF-IDF + majority) x 3 seeds, then 1,000
+    # labels x (frozen, full, LoRA + TF-IDF + majority) x 3 seeds
+    ("movie_to_amazon_minilm", [], ("flags.md", "edges.md"), 2 * 10 * 3 + 5 * 3),
+    # 4 sources: 3 sizes x (scratch + 4 x (frozen, full) + TF-IDF + majority) x 5 seeds
+    ("amazon_multisource", [], ("flags.md", "negative_transfer.md", "transferability.md",
+                                "transferability.csv", "transferability_agreement.csv"),
+     3 * 11 * 5),
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
@@ -50,3 +57,16 @@ def test_the_committed_protocol_comparison_regenerates_byte_for_byte(tmp_path):
     proc = run_cli("report", *map(str, copies), "--no-plots", "--side-by-side", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == (studies[0] / "report" / "protocols.md").read_bytes()
+
+
+def test_the_committed_textcnn_minilm_comparison_regenerates_byte_for_byte(tmp_path):
+    out = tmp_path / "side.md"
+    copies = []
+    for name in ("movie_to_amazon_strategies", "movie_to_amazon_minilm"):
+        copies.append(tmp_path / name)
+        shutil.copytree(REPO / "results" / name, copies[-1],
+                        ignore=shutil.ignore_patterns("report", "reproductions"))
+    proc = run_cli("report", *map(str, copies), "--no-plots", "--side-by-side", str(out))
+    assert proc.returncode == 0, proc.stderr
+    committed = REPO / "results" / "movie_to_amazon_minilm" / "report" / "textcnn_vs_minilm.md"
+    assert out.read_bytes() == committed.read_bytes()
