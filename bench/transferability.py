@@ -197,7 +197,8 @@ def source_outputs(prep: Any, name: str, seed_model: Any) -> tuple[Any, Any]:
 
     side = prep.sources[name]
     model = prep.make_source_model(side.task.num_classes)
-    model.load_state_dict(seed_model.state_dict, strict=not seed_model.metrics)
+    # a trained source model has its head; hub weights have none (the head stays random)
+    model.load_state_dict(seed_model.state_dict, strict=bool(seed_model.metrics))
     features = frozen_features(model, prep.target.ids)
     probs = None
     if seed_model.metrics:  # trained on the source task: its head is the source classifier
