@@ -240,7 +240,7 @@ def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small
     a, b = fast.final({}, 60, 0, [3]), live.final({}, 60, 0, [3])
     assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
     assert np.array_equal(a.test_predictions, b.test_predictions)
-    assert a.seconds < b.seconds
+    assert fast._features is not None and live._features is None  # one ran on the cache
 
 
 def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
