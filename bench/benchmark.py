@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
@@ -136,6 +137,12 @@ def plain_transformer_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: 
                        lengths=(ids != pad_id).sum(dim=1))
 
 
+def _pool_val(prep: Any, size: int = 200) -> Any:
+    """A small random validation subset (its score is not reported; Lightning validates)."""
+    val = prep.source.splits.val
+    return np.sort(np.random.default_rng(0).permutation(val)[:size])
+
+
 def _fresh(prep: Any, cfg: Any, seed: int) -> torch.nn.Module:
     """The network every loop trains: upstream weights in place (vectors or hub weights), a
     new head for the source classes, under ``seed``."""
@@ -148,7 +155,9 @@ def _pool(prep: Any, examples: int | None) -> Any:
     """The source pool, or its first ``examples`` texts (a transformer epoch over 10k texts
     takes minutes on a CPU)."""
     pool = prep.source.splits.pool
-    return pool if not examples else pool[:examples]
+    # A random subset: the index arrays are sorted, and a file sorted by label (the movie
+    # snippets are) would otherwise give one class only.
+    return pool if not examples else np.sort(np.random.default_rng(0).permutation(pool)[:examples])
 
 
 def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,
@@ -200,7 +209,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
     source = prep.source
     pool = _pool(prep, examples or 512)
     bs, lr, wd = int(cfg.train.batch_size), float(cfg.train.lr), float(cfg.train.weight_decay)
-    val = source.splits.val[:500]
+    val = source.splits.val
     val_ids, val_labels = source.ids[val], source.labels[val]
     suite: list[float] = []
     plain: list[float] = []
@@ -280,7 +289,7 @@ def suite_epochs(prep: Any, cfg: Any, epochs: int, examples: int | None, seed: i
                             optimizer="adamw" if transformer else "adam")
     clock = EpochClock()
     fit_and_test(module, source.loader(pool, int(cfg.train.batch_size), True, seed),
-                 source.loader(source.splits.val[:200], EVAL_BATCH), None,
+                 source.loader(_pool_val(prep), EVAL_BATCH), None,
                  {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
                  callbacks=[clock])
     return [len(pool) / s for s in clock.epoch_seconds]
