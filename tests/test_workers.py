@@ -80,8 +80,11 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tmp_path, small_data, c
     args = [*small_study_overrides(small_data, tmp_path, cache), "train.min_steps=200",
             "seeds=[0,1,2]"]
     exe = Path(sys.executable).with_name("transfer-bench")
+    # SIGINT as a terminal has it: a test run started in the background of a non-interactive
+    # shell inherits it ignored, and then nothing would be interrupted.
     proc = subprocess.Popen([str(exe), "sweep", *args, "workers=2"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     path = tmp_path / "small" / "records.jsonl"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not load_records(path):
