@@ -152,9 +152,11 @@ def _fresh(prep: Any, cfg: Any, seed: int) -> torch.nn.Module:
 
 
 def _pool(prep: Any, examples: int | None) -> Any:
-    """The source pool, or its first ``examples`` texts (a transformer epoch over 10k texts
-    takes minutes on a CPU)."""
+    """The source pool, or ``examples`` random texts of it; 512 by default for a transformer
+    (an epoch over 10k texts takes minutes on a CPU)."""
     pool = prep.source.splits.pool
+    if examples is None and prep.backbone.kind == "transformer":
+        examples = 512
     # A random subset: the index arrays are sorted, and a file sorted by label (the movie
     # snippets are) would otherwise give one class only.
     return pool if not examples else np.sort(np.random.default_rng(0).permutation(pool)[:examples])
@@ -176,26 +178,23 @@ def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,
     suite_acc: list[float] = []
     plain_acc: list[float] = []
 
-    def fresh(seed: int) -> torch.nn.Module:
-        return _fresh(prep, cfg, seed)
-
     for rep in range(repeats):
         clock = EpochClock()
-        module = TextClassifier(fresh(rep), source.num_classes, lr)
+        module = TextClassifier(_fresh(prep, cfg, rep), source.num_classes, lr)
         fit_and_test(module, source.loader(pool, bs, True, rep),
                      source.loader(source.splits.val, EVAL_BATCH),
                      None, {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
                      callbacks=[clock])
         suite += [len(pool) / s for s in clock.epoch_seconds]
         suite_acc.append(_accuracy(module.model, val_ids, val_labels))
-        model = fresh(rep)
+        model = _fresh(prep, cfg, rep)
         seconds = plain_epochs(model, source.ids[pool], source.labels[pool], bs, epochs, lr,
                                64, rep)
         plain += [len(pool) / s for s in seconds]
         fixed = F.pad(val_ids, (0, max(0, 64 - val_ids.shape[1])))[:, :64]
         plain_acc.append(_accuracy(model, fixed, val_labels))
-        seconds = plain_epochs(fresh(rep), source.ids[pool], source.labels[pool], bs, epochs, lr,
-                               64, rep, fused=True)
+        seconds = plain_epochs(_fresh(prep, cfg, rep), source.ids[pool], source.labels[pool], bs,
+                               epochs, lr, 64, rep, fused=True)
         plain_fused += [len(pool) / s for s in seconds]
     return Throughput(suite, plain, plain_fused, statistics.median(suite_acc),
                       statistics.median(plain_acc))
@@ -207,7 +206,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
     with the configured schedule) against a plain loop with dynamic padding. ``plain_fused``
     is left empty: both sides use the same optimizer."""
     source = prep.source
-    pool = _pool(prep, examples or 512)
+    pool = _pool(prep, examples)
     bs, lr, wd = int(cfg.train.batch_size), float(cfg.train.lr), float(cfg.train.weight_decay)
     val = source.splits.val
     val_ids, val_labels = source.ids[val], source.labels[val]
@@ -215,9 +214,6 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
     plain: list[float] = []
     suite_acc: list[float] = []
     plain_acc: list[float] = []
-
-    def fresh(seed: int) -> torch.nn.Module:
-        return _fresh(prep, cfg, seed)
 
     def accuracy(model: torch.nn.Module) -> float:
         from bench.models.transformer import Probe, frozen_features
@@ -228,14 +224,15 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
 
     for rep in range(repeats):
         clock = EpochClock()
-        module = TextClassifier(fresh(rep), source.num_classes, lr, wd,
-                                schedule=config_mod.schedule_spec(cfg), optimizer="adamw")
+        module = TextClassifier(_fresh(prep, cfg, rep), source.num_classes, lr, wd,
+                                schedule=config_mod.schedule_spec(cfg),
+                                optimizer=str(cfg.model.get("optimizer", "adam")))
         fit_and_test(module, source.loader(pool, bs, True, rep), source.loader(val, EVAL_BATCH),
                      None, {**dict(cfg.trainer)}, epochs, patience=epochs, min_epochs=epochs,
                      callbacks=[clock])
         suite += [len(pool) / s for s in clock.epoch_seconds]
         suite_acc.append(accuracy(module.model))
-        model = fresh(rep)
+        model = _fresh(prep, cfg, rep)
         seconds = plain_transformer_epochs(model, source.ids[pool], source.labels[pool], bs,
                                            epochs, lr, wd, rep, source.pad_id)
         plain += [len(pool) / s for s in seconds]
@@ -282,11 +279,9 @@ def suite_epochs(prep: Any, cfg: Any, epochs: int, examples: int | None, seed: i
                  ) -> list[float]:
     """The suite's training loop alone (what one trial runs): examples/s per epoch."""
     source = prep.source
-    transformer = prep.backbone.kind == "transformer"
-    pool = _pool(prep, examples or (512 if transformer else None))
-    model = _fresh(prep, cfg, seed)
-    module = TextClassifier(model, source.num_classes, float(cfg.train.lr),
-                            optimizer="adamw" if transformer else "adam")
+    pool = _pool(prep, examples)
+    module = TextClassifier(_fresh(prep, cfg, seed), source.num_classes, float(cfg.train.lr),
+                            optimizer=str(cfg.model.get("optimizer", "adam")))
     clock = EpochClock()
     fit_and_test(module, source.loader(pool, int(cfg.train.batch_size), True, seed),
                  source.loader(_pool_val(prep), EVAL_BATCH), None,
@@ -315,21 +310,19 @@ def concurrent_worker(overrides: Sequence[str], epochs: int, examples: int | Non
 def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: int,
                          examples: int | None) -> list[dict[str, Any]]:
     """Examples/s of K concurrent trial processes (each the suite's training loop), for each K,
-    in one run: the CPU threads split evenly (``cores // K`` each), on a GPU machine the
-    processes spread round-robin over the visible devices. The sum of the processes' median
-    per-epoch rates, and its ratio to K = 1."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    in one run, placed exactly as ``workers=K`` places its workers (:func:`share_env`: CPU
+    threads split evenly, on a GPU machine one thread each and the devices round-robin). The
+    sum of the processes' median per-epoch rates, and its ratio to K = 1."""
+    from bench.workers import machine_share, share_env
+
+    gpus, cpus = machine_share()
     rows: list[dict[str, Any]] = []
     for k in ks:
         with tempfile.TemporaryDirectory(prefix="transfer-bench-concurrent-") as tmp:
             barrier = Path(tmp)
-            threads = str(max(1, (cpus or 1) // k))
             procs = []
             for i in range(k):
-                env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+                env = share_env(i, k, gpus, cpus)
                 cmd = [sys.executable, "-m", "bench.cli", "benchmark", *overrides,
                        "--epochs", str(epochs), "--concurrent-worker", f"{tmp}:{i}:{k}",
                        *(["--examples", str(examples)] if examples else [])]
@@ -340,7 +333,8 @@ def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: in
                 raise RuntimeError(f"a concurrent worker failed: {errors[0].strip()[-300:]}")
             per = [statistics.median(json.loads((barrier / f"rates-{i}.json").read_text()))
                    for i in range(k)]
-        rows.append({"k": k, "threads_each": int(threads), "examples_per_s": round(sum(per), 1),
+        rows.append({"k": k, "threads_each": int(env["OMP_NUM_THREADS"]),
+                     "examples_per_s": round(sum(per), 1),
                      "per_process": [round(x, 1) for x in per]})
     base = next((r["examples_per_s"] for r in rows if r["k"] == 1), None)
     for r in rows:
@@ -362,7 +356,7 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
     tp = measure_throughput(prep, cfg, epochs, repeats, examples)
     overhead = trial_overhead(prep, cfg, repeats)
     transformer = prep.backbone.kind == "transformer"
-    trained = len(_pool(prep, examples or (512 if transformer else None)))
+    trained = len(_pool(prep, examples))
     plain_name = "plain_dynamic_examples_per_s" if transformer else "plain_fixed64_examples_per_s"
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -286,7 +286,7 @@ def benchmark(argv: Sequence[str]) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per repetition")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of each loop")
     parser.add_argument("--examples", type=int, default=None,
-                        help="train on the first N source texts (default: all for the TextCNN, "
+                        help="train on N random source texts (default: all for the TextCNN, "
                              "512 for a transformer)")
     parser.add_argument("--concurrency", default="",
                         help="also measure K concurrent trial processes for each K, e.g. 1,2,4")

@@ -69,8 +69,7 @@ def strategies(cfg: DictConfig) -> list[Strategy]:
         if spec.get("transfer") == "vectors" and transformer:
             raise BenchError(f"strategy {name!r} transfers word vectors, which a transformer "
                              "does not use (it embeds its own subwords); use model=textcnn")
-    out = [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
-    return out
+    return [Strategy.from_config(name, spec or {}, blocks) for name, spec in selected.items()]
 
 
 def sizes(cfg: DictConfig) -> list[int | str]:
@@ -223,7 +222,7 @@ def source_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         name = _dataset_label(entry)
         if name in out:
             raise BenchError(f"data.sources lists {name!r} twice; each source once")
-        if _dataset_label(entry) == _dataset_label(target) and \
+        if name == _dataset_label(target) and \
                 (entry["name"] != "file" or entry.get("path") == target.get("path")):
             raise BenchError(f"source {name!r} is the target itself; transfer needs another "
                              "dataset")
@@ -327,10 +326,20 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
     return {name: spec or {} for name, spec in selected.items()}
 
 
+SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """A method's record name as (strategy, source): ``full@tweets`` -> (full, tweets); a
+    one-source study's names carry no source."""
+    strategy, mark, source = name.partition(SOURCE_MARK)
+    return strategy, source if mark else None
+
+
 def cell_hash(cfg: DictConfig, name: str) -> str:
     """The identity of one strategy's cells: the study's identity plus the strategy's
     definition. Records and Optuna study names carry it, so nothing made under another
     definition or configuration (on a shared storage too) is ever mixed in. In a study with
     several sources a method is ``strategy@source``; its strategy's definition counts."""
-    base = name.split("@", 1)[0]
+    base, _ = split_method(name)
     return stable_hash([study_hash(cfg), name, strategy_definitions(cfg).get(base)])

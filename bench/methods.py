@@ -65,9 +65,6 @@ class Selection:
     seconds: float = 0.0
 
 
-SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets
-
-
 def majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels)) if len(labels) else float("nan")
 
@@ -145,7 +142,7 @@ class NeuralMethod(_Method):
         self.source_seed = source_seed if network else None
         self.source_name = source_name if network else None
         if self.source_name is not None:  # a study with several sources: one row per source
-            self.name = f"{strategy.name}{SOURCE_MARK}{source_name}"
+            self.name = f"{strategy.name}{config_mod.SOURCE_MARK}{source_name}"
         models = prep.source_models if source_name is None else \
             prep.sources[source_name].models
         self.source = None if not network else (

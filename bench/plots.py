@@ -21,7 +21,6 @@ from bench import stats  # noqa: E402
 from bench.cache import atomic_write  # noqa: E402
 from bench.pareto import PARETO_FILE  # noqa: E402
 from bench.results import RECORDS, load_records, size_order  # noqa: E402
-from bench.transferability import ESTIMATES  # noqa: E402
 
 LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 # Filled markers only (hollow = pruned in the trial plots); 13 distinct, so with 6 line styles
@@ -212,9 +211,9 @@ def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
 def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
     """Estimate vs measured gain over scratch, one point per source, a panel per estimator;
     sizes in different markers."""
-    names = [c for c in sources.columns if c not in (
-        "size", "source", "best strategy", "accuracy", "gain", "gain_low", "gain_high",
-        "estimate_seconds")]
+    from bench.source_choice import estimator_columns
+
+    names = estimator_columns(sources)
     sizes = sorted(sources["size"].unique(), key=size_order)
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.0), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -267,14 +266,11 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
                 expected_best(trials, order, out)
         elif not notes:
             notes.append("no tuned cells: no sensitivity or expected-best plots")
-        estimates = study_dir / ESTIMATES
-        if estimates.exists() and "scratch" in order:
-            from bench import source_choice
-
-            result = source_choice.analyse(df, source_choice.estimates_frame(estimates),
-                                           report_mod.paired)
-            if not result["sources"].empty:
-                transferability_plot(result["sources"], out, metric)
+        table = out / "transferability.csv"  # the report's source-choice table, just written
+        if table.exists():
+            sources = pd.read_csv(table, dtype={"size": str})
+            if not sources.empty:
+                transferability_plot(sources, out, metric)
     if (study_dir / PARETO_FILE).exists():
         pareto_fronts(study_dir, out)
     return notes

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -45,25 +45,32 @@ class Prepared:
     """Everything a cell needs, loaded once per process and shared by all cells."""
 
     vocab: Vocab | None  # the TextCNN's word vocabulary (a transformer brings its own)
-    source: Task
     target: Task
     vectors: Vectors | None
     matrix: torch.Tensor | None
     coverage: dict[str, float]
-    source_models: dict[int, SourceModel]  # by source seed: one, or one per ``source.seeds``
-    make_model: Callable[[Any], torch.nn.Module]  # model config -> a fresh target model
     protocol: Protocol
     backbone: Backbone
-    sources: dict[str, Source] = None  # by name: one, or several with ``data.sources``
-    model_cfg: Any = None
+    sources: dict[str, Source]  # by name: one, or several with ``data.sources``
 
-    def make_source_model(self, classes: int) -> torch.nn.Module:
-        """A fresh network with a head for ``classes`` source classes (to load a source model)."""
-        return self.backbone.build(self.model_cfg, classes)
+    def make_model(self, model_cfg: Any, classes: int | None = None) -> torch.nn.Module:
+        """A fresh random network with a head for the target's classes (or ``classes``)."""
+        return self.backbone.build(model_cfg, self.target.num_classes if classes is None
+                                   else classes)
 
     @property
     def multi_source(self) -> bool:
         return len(self.sources) > 1
+
+    @property
+    def source(self) -> Task:
+        """The source task of a one-source study (the first of several)."""
+        return next(iter(self.sources.values())).task
+
+    @property
+    def source_models(self) -> dict[int, SourceModel]:
+        """The first source's models by source seed: one, or one per ``source.seeds``."""
+        return next(iter(self.sources.values())).models
 
     @property
     def source_model(self) -> SourceModel | None:
@@ -117,9 +124,6 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
     for size in sizes:
         protocol.check_size(resolve_size(size, target), f"data.sizes has {size}")
 
-    def make_model(model_cfg: Any) -> torch.nn.Module:
-        return backbone.build(model_cfg, target.num_classes)
-
     transfers = {s.transfer for s in strategies}
     vectors = matrix = None
     cover: dict[str, float] = {}
@@ -169,9 +173,7 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
                 side.models[source_seed] = pretrain_source(
                     task, make_source_model, key_parts, {**settings, "seed": source_seed},
                     trainer_kwargs(cfg), cache, str(cfg.model.get("optimizer", "adam")))
-    first = next(iter(sources.values()))
-    return Prepared(vocab, first.task, target, vectors, matrix, cover, first.models, make_model,
-                    protocol, backbone, sources, cfg.model)
+    return Prepared(vocab, target, vectors, matrix, cover, protocol, backbone, sources)
 
 
 def _newsgroups_train(cache: Path) -> Sequence[str]:

@@ -198,10 +198,10 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
                                                 tolerance)
         console.print(f"run {run_id}: {reasons[run_id]}")
         for r in recs:
-            base, _, source_name = r["strategy"].partition("@")  # strategy@source
+            base, source_name = config_mod.split_method(r["strategy"])
             if base in strategies:
                 method = NeuralMethod(prep, cfg, strategies[base], r.get("source_seed"),
-                                      source_name or None)
+                                      source_name)
             elif r["strategy"] == MajorityMethod.name:
                 method = MajorityMethod(prep, cfg)
             else:

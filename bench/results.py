@@ -90,7 +90,7 @@ def load_records(path: Path, problems: list[str] | None = None,
     as ``"records.jsonl line N: why"``: silently losing a record would bias the tables.
     ``key`` identifies a record (default :func:`record_key`).
     """
-    key_of = key or record_key
+    identify = key or record_key
     if not path.exists():
         return []
     lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
@@ -102,17 +102,17 @@ def load_records(path: Path, problems: list[str] | None = None,
         why = None
         try:
             record = json.loads(line)
-            key = key_of(record)
+            this = identify(record)
         except json.JSONDecodeError:
             cut = line.lstrip().startswith("{") and not line.rstrip().endswith("}")
             why = "cut off (an interrupted write)" if cut else "not JSON"
         except (KeyError, TypeError, ValueError, AttributeError):
             why = "not a record (needs strategy, size and seed)"
         else:
-            if key in seen:
-                why = f"a second record for {key}, ignored (line {seen[key]} is kept)"
+            if this in seen:
+                why = f"a second record for {this}, ignored (line {seen[this]} is kept)"
             else:
-                seen[key] = number
+                seen[this] = number
                 out.append(record)
         if why and problems is not None and number - 1 != torn:
             problems.append(f"{path.name} line {number}: {why}")
@@ -207,8 +207,8 @@ def fit_flags(info: dict[str, Any], fit: Any) -> list[str]:
 
 
 def make_record(cfg: DictConfig, method: Any, size: int | str, n: int, seed: int, fit: Any,
-           params: dict[str, Any], hpo_info: dict[str, Any], run_id: str,
-           labels: dict[str, int], tuning: int = 0) -> dict[str, Any]:
+                params: dict[str, Any], hpo_info: dict[str, Any], run_id: str,
+                labels: dict[str, int], tuning: int = 0) -> dict[str, Any]:
     return {
         "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
         "cell_hash": config_mod.cell_hash(cfg, method.name),

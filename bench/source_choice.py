@@ -18,15 +18,23 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from bench.config import split_method
 from bench.results import load_records, size_order
 
 BOOTSTRAP = 2000
 LEVEL = 0.95
+# The per-source table's columns that are not estimators (``transferability.csv``).
+MEASURED = ("size", "source", "best strategy", "accuracy", "gain", "gain_low", "gain_high",
+            "estimate_seconds")
+
+
+def estimator_columns(sources: pd.DataFrame) -> list[str]:
+    return [c for c in sources.columns if c not in MEASURED]
 
 
 def source_of(strategy: str) -> str | None:
     """``full@tweets`` -> ``tweets``; a one-source study's strategies carry no source."""
-    return strategy.split("@", 1)[1] if "@" in strategy else None
+    return split_method(strategy)[1]
 
 
 def estimates_frame(path: Path) -> pd.DataFrame:
@@ -148,9 +156,7 @@ def markdown(result: dict[str, pd.DataFrame], name: str, metric: str) -> str:
              f"(highest mean {metric}) minus scratch, paired over matched seeds, 95% CI.\n"]
     for size in sorted(sources["size"].unique(), key=size_order):
         s = sources[sources["size"] == size]
-        names = [c for c in s.columns if c not in ("size", "source", "best strategy", "accuracy",
-                                                   "gain", "gain_low", "gain_high",
-                                                   "estimate_seconds")]
+        names = estimator_columns(s)
         table = pd.DataFrame({
             "source": s["source"], "best strategy": s["best strategy"],
             metric: s["accuracy"].map(_f),

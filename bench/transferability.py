@@ -188,18 +188,19 @@ def estimate(features: np.ndarray, labels: np.ndarray, source_probs: np.ndarray 
 ESTIMATES = "transferability.jsonl"
 
 
-def source_outputs(prep: Any, name: str, seed_model: Any) -> tuple[Any, Any]:
-    """Frozen features of every target text under one source network, and its head's class
-    probabilities over the source classes (None without a source head: hub weights)."""
+def source_outputs(prep: Any, model_cfg: Any, name: str, seed_model: Any,
+                   rows: np.ndarray) -> tuple[Any, Any]:
+    """Frozen features of the target texts ``rows`` under one source network, and its head's
+    class probabilities over the source classes (None without a source head: hub weights)."""
     import torch
 
     from bench.models.transformer import frozen_features
 
     side = prep.sources[name]
-    model = prep.make_source_model(side.task.num_classes)
+    model = prep.make_model(model_cfg, side.task.num_classes)
     # a trained source model has its head; hub weights have none (the head stays random)
     model.load_state_dict(seed_model.state_dict, strict=bool(seed_model.metrics))
-    features = frozen_features(model, prep.target.ids)
+    features = frozen_features(model, prep.target.ids[torch.as_tensor(rows)])
     probs = None
     if seed_model.metrics:  # trained on the source task: its head is the source classifier
         model.eval()
@@ -234,14 +235,17 @@ def record_estimates(prep: Any, cfg: Any, sizes: list, out: Any, console: Any) -
                     if (name, recorded_seed, str(size), int(seed)) not in done]
             if not todo:
                 continue
+            subsets = {(size, seed): training_subset(target.data.labels, target.splits.pool,
+                                                     resolve_size(size, target), int(seed))
+                       for size, seed in todo}
+            rows = np.unique(np.concatenate(list(subsets.values())))  # only texts a cell uses
             start = time.perf_counter()
-            features, probs = source_outputs(prep, name, model)
+            features, probs = source_outputs(prep, cfg.model, name, model, rows)
             extract = time.perf_counter() - start
-            for size, seed in todo:
-                n = resolve_size(size, target)
-                idx = training_subset(target.data.labels, target.splits.pool, n, int(seed))
-                values = estimate(features[idx], target.data.labels[idx],
-                                  None if probs is None else probs[idx], names, int(seed))
+            for (size, seed), idx in subsets.items():
+                n, at = len(idx), np.searchsorted(rows, idx)
+                values = estimate(features[at], target.data.labels[idx],
+                                  None if probs is None else probs[at], names, int(seed))
                 append_record(path, {"source": name, "source_seed": recorded_seed,
                                      "size": size, "n_train": n, "seed": int(seed),
                                      "source_key": model.key, "estimates": values,

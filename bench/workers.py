@@ -63,15 +63,27 @@ def _commands(overrides: Sequence[str], k: int, gpus: int, cpus: int) -> list[tu
     keep = [o for o in overrides
             if not o.lstrip("+~").startswith(("workers=", "hpo.worker_id=", "hpo.worker_count=",
                                               "progress="))]
+    return [([exe, "sweep", *keep, "workers=1", f"hpo.worker_id={i}", f"hpo.worker_count={k}",
+              "progress=false"], share_env(i, k, gpus, cpus)) for i in range(k)]
+
+
+def share_env(i: int, k: int, gpus: int, cpus: int) -> dict[str, str]:
+    """The environment of process ``i`` of ``k`` sharing a machine: ``cpus // k`` torch
+    threads each (one on a GPU machine), GPUs handed out round-robin."""
     threads = str(max(1, cpus // k)) if not gpus else "1"
-    out = []
-    for i in range(k):
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        out.append(([exe, "sweep", *keep, "workers=1", f"hpo.worker_id={i}",
-                     f"hpo.worker_count={k}", "progress=false"], env))
-    return out
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+    return env
+
+
+def machine_share() -> tuple[int, int]:
+    """(GPUs torch sees, CPU cores this process may use)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return gpus, cpus or 1
 
 
 def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGINT, grace: float = 30.0) -> None:
@@ -94,20 +106,19 @@ def _last_line(path: Path) -> str:
 
 def run(cfg: DictConfig, overrides: Sequence[str], console: Console | None = None) -> Path:
     """Start ``cfg.workers`` sweeps of this study, wait for all, then write its table."""
-    import torch
-
     from bench.sweep import run_study
 
     console = console or Console(stderr=True)
     config_mod.check(cfg)  # bad input: one line before any process starts or file is written
-    gpus = torch.cuda.device_count() if cfg.trainer.accelerator in ("gpu", "cuda", "auto") else 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    k = resolve(cfg.workers, gpus, cpus or 1)
+    gpus, cpus = machine_share()
+    if cfg.trainer.accelerator not in ("gpu", "cuda", "auto"):
+        gpus = 0
+    k = resolve(cfg.workers, gpus, cpus)
     out = Path(cfg.paths.results) / str(cfg.study)
     logs = out / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     total = planned_runs(cfg)
-    place = f"{gpus} GPU(s)" if gpus else f"{cpus} CPU cores, {max(1, (cpus or 1) // k)} thread(s) each"
+    place = f"{gpus} GPU(s)" if gpus else f"{cpus} CPU cores, {max(1, cpus // k)} thread(s) each"
     console.print(f"{cfg.study}: {k} workers on {place}; logs in {logs}")
     procs: list[subprocess.Popen] = []
     manifest = out / "manifest.json"
@@ -116,7 +127,7 @@ def run(cfg: DictConfig, overrides: Sequence[str], console: Console | None = Non
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console, disable=not cfg.progress) as bar:
             task = bar.add_task("records", total=total)
-            for i, (command, env) in enumerate(_commands(overrides, k, gpus, cpus or 1)):
+            for i, (command, env) in enumerate(_commands(overrides, k, gpus, cpus)):
                 if i == 1:  # the others wait until worker 0 has prepared and opened the storage
                     while procs[0].poll() is None and not (
                             manifest.exists() and manifest.stat().st_mtime > before):

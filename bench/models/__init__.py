@@ -178,6 +178,6 @@ def transformer_backbone(model_cfg: Any, cache: Path) -> Backbone:
     def tensorize(texts: Sequence[str], _: int, cache: Path, label: str) -> torch.Tensor:
         return transformer.cached_tokenize(texts, folder, max_len, cache, label)
 
-    probe = transformer.Encoder(folder, 2)
-    return Backbone("transformer", probe.blocks, probe.pad_id, tensorize, build, folder,
+    blocks = transformer.block_names(transformer.layer_count(folder))
+    return Backbone("transformer", blocks, transformer.pad_id(folder), tensorize, build, folder,
                     transformer.weights_digest(folder)[:16])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,6 +73,12 @@ def block_names(layers: int) -> tuple[str, ...]:
     return ("embeddings", *(f"layer_{i}" for i in range(layers)), "head")
 
 
+def pad_id(folder: str) -> int:
+    """The id the tokenizer pads with (``config.json``'s ``pad_token_id``, BERT's 0 if unset)."""
+    value = folder_config(folder).get("pad_token_id")
+    return int(value) if value is not None else 0
+
+
 def max_positions(folder: str) -> int:
     config = folder_config(folder)
     positions = int(config.get("max_position_embeddings", 512))
@@ -93,7 +98,7 @@ class Encoder(nn.Module):
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
         self.body = AutoModel.from_config(config, **extra)
-        self.pad_id = int(config.pad_token_id if config.pad_token_id is not None else 0)
+        self.pad_id = pad_id(folder)
         embeddings, layers = LAYOUTS[config.model_type]
         self._embeddings, self._layers = embeddings, layers
         self.blocks = block_names(len(_attr(self.body, layers)))
@@ -191,14 +196,6 @@ def add_lora(model: Encoder, rank: int, alpha: float, targets: Sequence[str]) ->
     except ValueError as exc:  # no module matches the targets
         raise BenchError(f"LoRA targets {list(targets)} not found in the model ({exc}); set "
                          "model.lora_targets") from None
-
-
-@dataclass(frozen=True)
-class FeatureCache:
-    """Frozen-body features of every text of a task, for one set of body weights."""
-
-    key: str
-    features: torch.Tensor  # [N, hidden]
 
 
 @torch.no_grad()
