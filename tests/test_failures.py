@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 from optuna.trial import TrialState
 
 from bench.results import load_records

@@ -11,7 +11,7 @@ import pytest
 
 from bench import report
 from bench.cli import main
-from bench.data.inspect import ERROR, format_report, inspect_data
+from bench.data.inspect import format_report, inspect_data
 from bench.data.sources import LabelledTexts, _read_vader, load_dataset, load_table
 from bench.data.splits import Splits
 from bench.errors import BenchError

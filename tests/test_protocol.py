@@ -20,9 +20,9 @@ from bench.methods import NeuralMethod, BaselineMethod, Fit
 from bench.models.textcnn import TextCNN
 from bench.prepare import prepare
 from bench.results import fit_flags
-from bench.tune import PRUNERS, make_pruner, open_storage
+from bench.tune import PRUNERS, make_pruner
 
-from conftest import run_cli, small_study_overrides, write_sentiment_csv
+from conftest import run_cli, small_study_overrides
 
 
 def _prepared(small_data, tmp_path, *extra):
