@@ -109,9 +109,10 @@ def test_duplicates_within_and_across_splits_and_with_the_source_are_counted():
     labels = [0, 1] * 10
     target = _texts(texts, labels)
     splits = _splits(range(10), range(10, 14), range(14, 20))
-    source = _texts(["FROM source", "unrelated", "other b"], [0, 1, 0], "s")
+    # "Val B" is in the source's test split: the source model never sees it, so not counted.
+    source = _texts(["FROM source", "unrelated", "other b", "Val B"], [0, 1, 0, 1], "s")
     result = inspect_data(source, target, target_splits=splits, target_max_len=50,
-                          source_splits=_splits([0, 1], [2], []), source_max_len=50)
+                          source_splits=_splits([0, 1], [2], [3]), source_max_len=50)
     t = result.target
     assert t.duplicates == {"pool": 2, "val": 0, "test": 1}
     assert t.leaks == {"val": 1, "test": 2}
@@ -120,6 +121,7 @@ def test_duplicates_within_and_across_splits_and_with_the_source_are_counted():
     warnings = " | ".join(result.warnings)
     assert "leakage: 2 of 6 test rows" in warnings and "leakage: 1 of 4 val rows" in warnings
     assert "pool 2, test 1" in warnings and "the source model has seen them" in warnings
+    assert "source s trains on target t texts (pool 1, val 0, test 1 rows)" in warnings
     assert not result.errors
 
 
