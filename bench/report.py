@@ -39,6 +39,7 @@ from bench.transferability import ESTIMATES
 from bench.results import RECORDS, hpo_table, load_records, record_problems, size_order
 
 REPORT_DIR = "report"
+DEFAULT_METRIC = "test_acc"
 LEGACY = "fixed_val (legacy)"  # records from before the protocol field: validation split, vocabulary
                                # from all texts, one tuning per cell on its own subset
 REFERENCE = "scratch"
@@ -507,12 +508,19 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
             + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")
 
 
-def write(study_dir: Path, metric: str = "test_acc",
+def report_dir(study_dir: Path, metric: str = DEFAULT_METRIC) -> Path:
+    """``report/`` for test accuracy, ``report/<metric>/`` for any other metric: a second
+    metric's tables sit beside the first's instead of silently replacing them."""
+    out = study_dir / REPORT_DIR
+    return out if metric == DEFAULT_METRIC else out / metric
+
+
+def write(study_dir: Path, metric: str = DEFAULT_METRIC,
           against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
     """Write the report's tables; returns (folder, markdown to print, notes: unreadable record
     lines). Figures are :func:`bench.plots.write_all`'s (it reads these tables' inputs)."""
     files = build(study_dir, metric, against)
-    out = study_dir / REPORT_DIR
+    out = report_dir(study_dir, metric)
     for name, text in files.items():
         atomic_write_text(out / name, text)
     notes: list[str] = record_problems(study_dir / RECORDS)

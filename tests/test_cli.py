@@ -135,6 +135,12 @@ def test_report_reads_records_without_hydra(tmp_path, small_data, cache):
     proc = run_cli("report", str(tmp_path / "small"), "--metric", "test_f1")
     assert proc.returncode == 0, proc.stderr
     assert "small: test_f1" in proc.stdout and "| scratch" in proc.stdout and "(2)" in proc.stdout
+    report = tmp_path / "small" / "report"
+    assert (report / "test_f1" / "table.md").read_text().startswith("small: test_f1")
+    assert run_cli("report", str(tmp_path / "small"), "--no-plots").returncode == 0
+    # the accuracy report goes to report/, beside (not over) the F1 one
+    assert (report / "table.md").read_text().startswith("small: test_acc")
+    assert (report / "test_f1" / "table.md").read_text().startswith("small: test_f1")
     empty = run_cli("report", str(tmp_path / "nothing"))
     assert empty.returncode == 2 and "is not a study directory" in empty.stderr
 
