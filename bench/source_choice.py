@@ -11,6 +11,7 @@ and its regret: the best source's accuracy minus the picked one's.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,33 +106,34 @@ def analyse(df: pd.DataFrame, estimates: pd.DataFrame, paired: Any,
 def _agreement(per_source: dict[str, dict[str, Any]], sources: list[str], seeds: list[int],
                name: str) -> dict[str, Any]:
     """Rank correlations with bootstrap CIs over seeds, the pick and its regret."""
-
-    def means(sample: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        est = np.array([per_source[s]["estimates"][name].reindex(sample).mean()
-                        for s in sources])
-        acc = np.array([per_source[s]["acc"].reindex(sample).mean() for s in sources])
-        gain = acc - np.array([per_source[s]["scratch"].reindex(sample).mean()
+    # sources x seeds; an estimate missing for a seed is NaN and left out of that mean
+    est_m = np.array([per_source[s]["estimates"][name].reindex(seeds).to_numpy(float)
+                      for s in sources])
+    acc_m = np.array([per_source[s]["acc"].reindex(seeds).to_numpy(float) for s in sources])
+    gain_m = acc_m - np.array([per_source[s]["scratch"].reindex(seeds).to_numpy(float)
                                for s in sources])
-        return est, gain, acc
-
-    est, gain, acc = means(seeds)
+    est, gain, acc = (np.nanmean(m, axis=1) for m in (est_m, gain_m, acc_m))
     pick = sources[int(np.nanargmax(est))]
     out: dict[str, Any] = {"sources": len(sources), "seeds": len(seeds), "picks": pick,
                            "best source": sources[int(np.nanargmax(acc))],
                            "regret": float(np.nanmax(acc) - acc[sources.index(pick)])}
     rng = np.random.default_rng(0)
-    boots: dict[str, list[float]] = {"tau": [], "rho": []}
-    for _ in range(BOOTSTRAP if len(sources) >= 3 and len(seeds) >= 2 else 0):
-        sample = list(rng.choice(seeds, size=len(seeds), replace=True))
-        e, g, _ = means(sample)
-        boots["tau"].append(_corr(sps.kendalltau, e, g))
-        boots["rho"].append(_corr(sps.spearmanr, e, g))
+    resamples = BOOTSTRAP if len(sources) >= 3 and len(seeds) >= 2 else 0
+    positions = np.arange(len(seeds))
+    draws = np.array([rng.choice(positions, size=len(seeds), replace=True)
+                      for _ in range(resamples)], dtype=int).reshape(resamples, len(seeds))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample is NaN, dropped
+        e_boot = np.nanmean(est_m[:, draws], axis=2).T  # resamples x sources
+        g_boot = np.nanmean(gain_m[:, draws], axis=2).T
+    boots = {"tau": kendall_tau_b(e_boot, g_boot), "rho": spearman_rho(e_boot, g_boot)}
     out["tau_p"] = (float(sps.kendalltau(est, gain).pvalue) if len(sources) >= 3
                     and not math.isnan(_corr(sps.kendalltau, est, gain)) else math.nan)
     for key, fn in (("tau", sps.kendalltau), ("rho", sps.spearmanr)):
         value = _corr(fn, est, gain) if len(sources) >= 3 else math.nan
         lo, hi = (np.nanpercentile(boots[key], [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
-                  if boots[key] and not np.all(np.isnan(boots[key])) else (math.nan, math.nan))
+                  if len(boots[key]) and not np.all(np.isnan(boots[key]))
+                  else (math.nan, math.nan))
         out.update({key: value, f"{key}_low": float(lo), f"{key}_high": float(hi)})
     return out
 
@@ -140,6 +142,30 @@ def _corr(fn: Any, a: np.ndarray, b: np.ndarray) -> float:
     if len(set(np.round(a, 12))) < 2 or len(set(np.round(b, 12))) < 2:
         return math.nan  # a constant ranking has no correlation
     return float(fn(a, b)[0])
+
+
+def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row of ``a`` with the same row of ``b`` (rows x few columns).
+
+    Why not scipy's: it takes one pair of vectors, and the bootstrap needs thousands of pairs
+    of 3-4 sources; per call overhead made one report take minutes. Same definition as
+    ``scipy.stats.kendalltau`` (tested); NaN where a row is constant or has a NaN."""
+    a, b = np.round(np.asarray(a, float), 12), np.round(np.asarray(b, float), 12)
+    i, j = np.triu_indices(a.shape[1], k=1)
+    da, db = np.sign(a[:, i] - a[:, j]), np.sign(b[:, i] - b[:, j])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = (da * db).sum(axis=1) / np.sqrt((da != 0).sum(axis=1) * (db != 0).sum(axis=1))
+    return np.where(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1), np.nan, tau)
+
+
+def spearman_rho(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's rho per row (average ranks for ties): Pearson's r of the rows' ranks."""
+    a, b = np.round(np.asarray(a, float), 12), np.round(np.asarray(b, float), 12)
+    ra, rb = (sps.rankdata(x, axis=1) for x in (a, b))
+    ra, rb = ra - ra.mean(axis=1, keepdims=True), rb - rb.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = (ra * rb).sum(axis=1) / np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
+    return np.where(np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1), np.nan, rho)
 
 
 def _f(v: float, digits: int = 3, sign: bool = False) -> str:

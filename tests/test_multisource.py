@@ -163,3 +163,27 @@ def test_negative_transfer_is_marked_and_listed(tmp_path):
     assert "†" in row["frozen@bad"] and "†" not in row["frozen@good"] and "†" not in row["scratch"]
     listed = (study / "report" / "negative_transfer.md").read_text()
     assert "frozen@bad" in listed and "frozen@good" not in listed
+
+
+def test_vectorised_rank_correlations_equal_scipys_with_ties_and_constant_rows():
+    from scipy import stats as sps
+
+    from bench.source_choice import kendall_tau_b, spearman_rho
+
+    rng = np.random.default_rng(5)
+    constant_rows = 0
+    for k in (3, 4, 6):
+        a = rng.integers(0, 3, size=(400, k)).astype(float)  # many ties and constant rows
+        b = rng.normal(size=(400, k)).round(1)
+        tau, rho = kendall_tau_b(a, b), spearman_rho(a, b)
+        for row in range(len(a)):
+            constant = len(set(a[row])) < 2 or len(set(b[row])) < 2
+            want_tau = np.nan if constant else sps.kendalltau(a[row], b[row]).statistic
+            want_rho = np.nan if constant else sps.spearmanr(a[row], b[row]).statistic
+            np.testing.assert_allclose(tau[row], want_tau, atol=1e-12)
+            np.testing.assert_allclose(rho[row], want_rho, atol=1e-12)
+        constant_rows += int(np.isnan(tau).sum())
+        assert not np.isnan(tau).all()
+    assert constant_rows > 10  # the NaN case was exercised too
+    a[0, 1] = np.nan
+    assert np.isnan(kendall_tau_b(a, b)[0]) and np.isnan(spearman_rho(a, b)[0])
