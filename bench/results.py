@@ -137,32 +137,6 @@ def to_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(records: list[dict[str, Any]], metric: str = "test_acc",
-                  strategy_order: list[str] | None = None) -> pd.DataFrame:
-    """Strategies x sizes, each cell ``mean ± std (n seeds)`` of ``metric``."""
-    frame = to_frame(records)
-    if frame.empty:
-        return pd.DataFrame()
-    stats = frame.groupby(["strategy", "size"])[metric].agg(["mean", "std", "count"])
-    cells = stats.apply(lambda r: f"{r['mean']:.3f} ± {0.0 if pd.isna(r['std']) else r['std']:.3f}"
-                                  f" ({int(r['count'])})", axis=1).unstack("size")
-    sizes = sorted(cells.columns, key=size_order)
-    order = [s for s in (strategy_order or []) if s in cells.index]
-    order += sorted(s for s in cells.index if s not in order)
-    table = cells.loc[order, sizes].fillna("")
-    table.columns = [f"n={s}" for s in sizes]
-    table.index.name = "strategy"
-    return table
-
-
-def markdown_table(records: list[dict[str, Any]], metric: str = "test_acc",
-                   strategy_order: list[str] | None = None) -> str:
-    table = summary_table(records, metric, strategy_order)
-    if table.empty:
-        return "(no records)"
-    return table.to_markdown()
-
-
 def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per tuning: per replicate (``seed``) under the current protocols, per cell
     (``all``) in older studies, whose seeds shared one tuning. Trials, pruning ledger, best

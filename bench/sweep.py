@@ -25,15 +25,33 @@ from bench import config as config_mod
 from bench import manifest as manifest_mod
 from bench import studydir
 from bench import tune as tune_mod
-from bench.cache import atomic_write_text, stable_hash
+from bench.cache import stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
 from bench.methods import BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection
 from bench.prepare import data_provenance, prepare, resolve_size
 from bench.results import (RECORDS, Key, append_record, encode_labels, load_records,
-                           make_record, markdown_table, record_key)
+                           make_record, record_key)
 
-TABLE_FILE = "table.md"
+
+
+def publish_report(out: Path, console: Console) -> None:
+    """The study's report (``transfer-bench report``'s tables and figures) from every record so
+    far, its table printed. Why here: the table a sweep ends with should be the one with the
+    intervals and tests, not a second, weaker summary. A report problem costs only the report."""
+    from bench import plots, report
+
+    try:
+        folder, _, notes = report.write(out)
+        notes += plots.write_all(out, folder, report.DEFAULT_METRIC)
+    except BenchError as exc:
+        console.print(f"warning: no report ({exc}); the records are kept: run transfer-bench "
+                      f"report {out}")
+        return
+    for note in notes:
+        console.print(f"note: {note}")
+    print((folder / "table.md").read_text(), end="")
+    console.print(f"report written to {folder} (gains, efficiency, plots: see the README)")
 
 
 def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, storage: Any,
@@ -258,18 +276,10 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                     cfg, method, size, n, int(seed), fit, params, info,
                     run_id, prep.protocol.labels_used(n, n_val), t))
             bar.advance(task)
-    records = load_records(records_path)
-    order = list(dict.fromkeys(m.name for m in methods))
-    table = markdown_table(records, "test_acc", order)
-    title = (f"# {cfg.study}: test accuracy, mean ± std (seeds)\n\n"
-             f"target {prep.target.data.name}, source{'s' * prep.multi_source} "
-             f"{', '.join(prep.sources)}; protocol "
-             f"{prep.protocol.describe()}; labels per cell: "
-             + ("n" if not prep.protocol.uses_validation_split else f"n + {n_val} validation")
-             + "\n\n")
-    atomic_write_text(out / TABLE_FILE, title + table + "\n")
     manifest_mod.update(out, shared, run_id, {"finished": manifest_mod.now(),
                                               "cells_run": len(todo)})
     console.print(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s; records in {records_path}")
-    print(table)
+    if int(cfg.hpo.worker_count) > 1:
+        return out  # one of several workers: the process that started them writes the report
+    publish_report(out, console)
     return out

@@ -37,11 +37,13 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
                if r["strategy"] in ("scratch", "majority"))
     assert len({r["source"]["key"] for r in records
                 if r["strategy"] not in ("scratch", "majority")}) == 1
-    # the printed table and the written one agree and hold every strategy
-    table = (results / "small" / "table.md").read_text()
+    # the sweep ends with the report: its table (intervals, protocol) printed and written
+    table = (results / "small" / "report" / "table.md").read_text()
+    assert table in first.stdout and "95% CI of the mean" in table
+    assert "Protocol budget: labels per cell = n" in table
     for name in ("scratch", "frozen", "full"):
-        assert name in first.stdout and name in table
-    assert "n=20" in table and "n=100" in table
+        assert f"| {name} " in table
+    assert "n=20" in table and "n=100" in table and (results / "small" / "report" / "gains.md").exists()
     # the source model is trained once, then served from the cache
     assert "trained in" in first.stderr
     lines_before = records_path.read_text()
@@ -56,6 +58,7 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     more = run_cli("sweep", *args, "data.sizes=[20,100,200]", "strategy=[full]", "seeds=[0]")
     assert more.returncode == 0, more.stderr
     assert len(load_records(records_path)) == 18  # full and majority at n=200, seed 0
+    assert "n=200" in (results / "small" / "report" / "table.md").read_text()  # report renewed
 
     # the manifest: one entry per run, every record points at its run
     manifest = json.loads((results / "small" / "manifest.json").read_text())
