@@ -77,10 +77,16 @@ def test_labels(study_dir: Path) -> bytes | None:
     return labels.encode() if isinstance(labels, str) and labels else None
 
 
+# Test metrics whose runs x examples matrix the crossed estimator can take (stats module doc).
+PER_EXAMPLE = {"test_acc": lambda truth, predicted: (predicted == truth).astype(float),
+               "test_f1": stats.macro_f1_contributions}
+
+
 def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
           labels: bytes | None = None) -> pd.DataFrame:
-    """One row per record. With the test labels, ``correct`` holds its per-example 0/1 scores
-    (for the accuracy metric, when the predictions were recorded), else None."""
+    """One row per record. With the test labels and the recorded predictions, ``correct``
+    holds the per-example scores whose mean is the metric (0/1 for accuracy, the linearised
+    contributions for macro-F1), else None."""
     rows = []
     truth = None if labels is None else np.frombuffer(labels, dtype=np.uint8)
     for r in records:
@@ -89,8 +95,8 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
         labels_used = r.get("labels") or {"total": r["n_train"] + legacy_val}
         predicted = r.get("test_predictions")
         correct = None
-        if truth is not None and metric == "test_acc" and predicted and len(predicted) == len(truth):
-            correct = (np.frombuffer(predicted.encode(), dtype=np.uint8) == truth).astype(float)
+        if truth is not None and metric in PER_EXAMPLE and predicted and len(predicted) == len(truth):
+            correct = PER_EXAMPLE[metric](truth, np.frombuffer(predicted.encode(), dtype=np.uint8))
         source = r.get("source_seed")
         rows.append({"strategy": r["strategy"], "size": str(r["size"]), "n_train": r["n_train"],
                      "labels": int(labels_used.get("total", r["n_train"])),
@@ -151,8 +157,9 @@ def interval_note(df: pd.DataFrame) -> str:
               if df[col].nunique(dropna=True) > 1]
     what = ("seed noise and the test sample's own noise (two-way random effects, seeds x test "
             "examples: a new seed on a new test set of this size)" if test else
-            "seed noise only (t-interval over seed means: per-example scores exist for accuracy "
-            "from stored predictions only, so the test sample's noise is not counted)")
+            "seed noise only (t-interval over seed means: these records have no stored test "
+            "predictions, or the metric is not a test metric, so the test sample's noise is "
+            "not counted)")
     extra = (f"; {' and '.join(varied)} are averaged within each seed (their spread: "
              "variance.md)") if varied else ""
     return f"{LEVEL_PCT}% CI of the mean: {what}{extra}."

@@ -17,6 +17,9 @@ Satterthwaite t-interval covers 92-95% and a percentile bootstrap over seed mean
 (simulated in ``tests/test_stats.py``; table in ``results/coverage.md``). The p-value is the
 level at which the interval's edge reaches 0, so the CI excludes 0 exactly when p < alpha: CI,
 p, verdict and tie mark can never disagree.
+Macro-F1 is not a mean over examples, so its matrix holds each example's linearised
+contribution instead (:func:`macro_f1_contributions`, the delta method): each row's mean is the
+run's macro-F1 exactly, and the same estimator then counts the same two kinds of noise.
 Records without per-example predictions (older studies) get the plain t-interval over seed
 means, which counts seed noise only; the report says which was used.
 """
@@ -110,6 +113,29 @@ def crossed_estimate(y: np.ndarray, level: float = LEVEL) -> Estimate:
     ms_seed, ms_example, ms_error = crossed_parts(y)
     return _estimate(float(y.mean()), max(ms_seed - ms_error, 0.0) / (s * n), s - 1,
                      ms_example / (s * n), n - 1, s, n, level)
+
+
+def macro_f1_contributions(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Each test example's linearised contribution to macro-F1; their mean is the macro-F1.
+
+    Per class c, F1_c = 2 TP / (2 TP + FP + FN) is a ratio of two example means, a / b; its
+    delta-method influence of example i is F1_c + (2 tp_i - F1_c d_i) / b with d_i the
+    example's share of the denominator (1 for each of "is c" and "predicted c"). Averaged over
+    the classes scikit-learn's macro average uses (those in ``truth`` or ``predicted``). Why:
+    the seeds x examples matrix of these goes through :func:`crossed_estimate` as 0/1
+    correctness does for accuracy, so a macro-F1 interval also counts the test sample's noise.
+    """
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    classes = np.union1d(truth, predicted)
+    total = np.zeros(len(truth))
+    for c in classes:
+        is_c, said_c = truth == c, predicted == c
+        tp = (is_c & said_c).astype(float)
+        d = is_c.astype(float) + said_c
+        b = d.mean()
+        f1 = 2 * tp.mean() / b
+        total += f1 + (2 * tp - f1 * d) / b
+    return total / len(classes)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -136,7 +136,9 @@ def test_report_reads_records_without_hydra(tmp_path, small_data, cache):
     assert proc.returncode == 0, proc.stderr
     assert "small: test_f1" in proc.stdout and "| scratch" in proc.stdout and "(2)" in proc.stdout
     report = tmp_path / "small" / "report"
-    assert (report / "test_f1" / "table.md").read_text().startswith("small: test_f1")
+    f1_table = (report / "test_f1" / "table.md").read_text()
+    assert f1_table.startswith("small: test_f1")
+    assert "seed noise and the test sample's own noise" in f1_table  # macro-F1 contributions
     assert run_cli("report", str(tmp_path / "small"), "--no-plots").returncode == 0
     # the accuracy report goes to report/, beside (not over) the F1 one
     assert (report / "table.md").read_text().startswith("small: test_acc")
