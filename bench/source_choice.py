@@ -98,6 +98,8 @@ def analyse(df: pd.DataFrame, estimates: pd.DataFrame, paired: Any,
             if not all(name in v["estimates"].index.get_level_values(0)
                        for v in per_source.values()):
                 continue
+            if all(v["estimates"][name].isna().all() for v in per_source.values()):
+                continue  # no value at this size (e.g. too few labels to cross-validate)
             estimator_rows.append({"size": size, "estimator": name,
                                    **_agreement(per_source, sources, seeds, name)})
     return {"sources": pd.DataFrame(source_rows), "estimators": pd.DataFrame(estimator_rows)}

@@ -187,3 +187,37 @@ def test_vectorised_rank_correlations_equal_scipys_with_ties_and_constant_rows()
     assert constant_rows > 10  # the NaN case was exercised too
     a[0, 1] = np.nan
     assert np.isnan(kendall_tau_b(a, b)[0]) and np.isnan(spearman_rho(a, b)[0])
+
+
+def test_an_estimator_without_values_at_a_size_is_left_out_not_fatal(tmp_path):
+    """Controlled records, three sources whose measured gains rank c > b > a; LogME ranks them
+    the same way, the CV probe has no value at this size (NaN, as at 50 Reuters labels)."""
+    study = tmp_path / "choice"
+    study.mkdir()
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, 400)
+    (study / "study.json").write_text(json.dumps({"test_labels": encode_labels(truth)}))
+    lines, estimates = [], []
+    rates = {"scratch": 0.7, "frozen@a": 0.72, "frozen@b": 0.8, "frozen@c": 0.9}
+    for name, rate in rates.items():
+        for seed in range(5):
+            right = rng.random(400) < rate
+            lines.append(json.dumps({
+                "strategy": name, "size": 50, "n_train": 50, "seed": seed, "protocol": "budget",
+                "labels": {"total": 50}, "metrics": {"test_acc": float(right.mean())},
+                "strategy_spec": {"transfer": "none" if name == "scratch" else "network"},
+                "test_predictions": encode_labels(np.where(right, truth, 1 - truth))}))
+            if name != "scratch":
+                estimates.append(json.dumps({
+                    "source": name.split("@")[1], "source_seed": None, "size": 50, "seed": seed,
+                    "estimates": {"logme": {"value": rate + rng.normal(0, 0.001), "seconds": 0.1},
+                                  "knn_cv": {"value": float("nan"), "seconds": 0.1}}}))
+    (study / "records.jsonl").write_text("\n".join(lines) + "\n")
+    (study / "transferability.jsonl").write_text("\n".join(estimates) + "\n")
+    proc = run_cli("report", str(study), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    agree = (study / "report" / "transferability_agreement.csv").read_text().splitlines()
+    header, rows = agree[0].split(","), [dict(zip(agree[0].split(","), r.split(","))) for r in agree[1:]]
+    assert [r["estimator"] for r in rows] == ["logme"] and "picks" in header
+    assert rows[0]["picks"] == "c" and float(rows[0]["regret"]) == 0.0
+    assert float(rows[0]["tau"]) == 1.0

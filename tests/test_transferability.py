@@ -131,3 +131,15 @@ def test_cross_validated_probes_and_the_estimate_record():
     assert set(out) == {"logme", "h_score", "leep", "nce", "knn_cv"}
     assert all(v["seconds"] >= 0 for v in out.values())
     assert set(estimate(f, labels, None, ["leep", "logme"], 0)) == {"logme"}  # no source head
+
+
+def test_cross_validated_probes_keep_a_class_rarer_than_the_folds():
+    """Reuters R8 at 50 labels has classes with one example: the probes still give a value,
+    and the fold holding that example, trained without its class, scores it wrong."""
+    labels = np.r_[np.zeros(25, int), np.ones(24, int), 2]  # 50 examples, class 2 once
+    f = np.eye(3)[labels] * 10.0 + np.random.default_rng(0).normal(0, 0.1, (50, 3))
+    for probe in (linear_cv, knn_cv):
+        wrong = 1 - probe(f, labels)
+        # one of the three folds (16 or 17 examples) has one error: 1/3 of 1/17 .. 1/16
+        assert 1 / 51 - 1e-9 <= wrong <= 1 / 48 + 1e-9, probe.__name__
+    assert np.isnan(linear_cv(f[:8], labels[:8]))  # under 3 per fold: no estimate
