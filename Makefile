@@ -53,6 +53,8 @@ multisource: $(STAMP)
 	$(BIN)/transfer-bench report results/amazon_multisource
 	$(BIN)/transfer-bench sweep experiment=reuters_multisource $(ARGS)
 	$(BIN)/transfer-bench report results/reuters_multisource
+	$(BIN)/transfer-bench sweep experiment=reuters_multisource_longer $(ARGS)
+	$(BIN)/transfer-bench report results/reuters_multisource_longer
 
 ## wheelhouse: every wheel transfer-bench needs except torch, for a machine without an index
 ## (the GPU image: `make wheelhouse WHEEL_PY=3.12`; there: `pip install --no-index
