@@ -32,6 +32,7 @@ import pandas as pd
 
 from bench import stats
 from bench.cache import atomic_write_text
+from bench.config import split_method
 from bench.errors import BenchError
 from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_table)
@@ -48,12 +49,22 @@ LEVEL_PCT = round(100 * stats.LEVEL)
 
 
 def strategy_order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
-    """Strategies in the order the study ran them (first record), the baseline last."""
-    first: dict[str, int] = {}
-    for i, r in enumerate(records):
-        first.setdefault(r["strategy"], i)
+    """Strategies in the order the study ran them (first record), each strategy's sources in
+    the order they first appear (several workers interleave their records), baselines last."""
+    first: dict[str | None, int] = {}
+    sources: dict[str | None, int] = {None: -1}
+    for r in records:
+        method, source = split_method(r["strategy"])
+        first.setdefault(method, len(first))
+        sources.setdefault(source, len(sources))
     baselines = {r["strategy"] for r in records if "baseline" in (r.get("strategy_spec") or {})}
-    return sorted(set(names), key=lambda s: (s == MAJORITY, s in baselines, first.get(s, 0), s))
+
+    def key(name: str) -> tuple:
+        method, source = split_method(name)
+        return (name == MAJORITY, name in baselines, first.get(method, 0), sources.get(source, 0),
+                name)
+
+    return sorted(set(names), key=key)
 
 
 def legacy_validation(study_dir: Path) -> int:

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import REPO, run_cli
 
+from bench.report import DEFAULT_METRIC, report_dir
+
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md", "variance.md", "variance.csv")
 COMMITTED = [  # (study, report arguments, extra tables, records)
@@ -26,6 +28,11 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     ("amazon_multisource", [], ("flags.md", "negative_transfer.md", "transferability.md",
                                 "transferability.csv", "transferability_agreement.csv"),
      3 * 11 * 5),
+    # 3 sources: 3 sizes x (scratch + 3 x (frozen, full) + TF-IDF + majority) x 5 seeds, its
+    # report under both metrics (macro-F1 in report/test_f1/)
+    *[("reuters_multisource", metric, ("flags.md", "negative_transfer.md", "transferability.md",
+                                       "transferability.csv", "transferability_agreement.csv"),
+       3 * 9 * 5) for metric in ([], ["--metric", "test_f1"])],
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
@@ -34,18 +41,21 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
 ]
 
 
-@pytest.mark.parametrize("name, args, extra, n_records", COMMITTED, ids=[c[0] for c in COMMITTED])
+@pytest.mark.parametrize("name, args, extra, n_records", COMMITTED,
+                         ids=[c[0] + "".join(f"-{a}" for a in c[1] if "-" not in a) for c in COMMITTED])
 def test_committed_study_tables_regenerate_byte_for_byte(tmp_path, name, args, extra, n_records):
     study = REPO / "results" / name
     copy = tmp_path / study.name
     shutil.copytree(study, copy, ignore=shutil.ignore_patterns("report", "reproductions"))
     proc = run_cli("report", str(copy), "--no-plots", *args)
     assert proc.returncode == 0, proc.stderr
+    metric = args[args.index("--metric") + 1] if "--metric" in args else DEFAULT_METRIC
+    written, committed = report_dir(copy, metric), report_dir(study, metric)
     for table in (*TABLES, *extra):
-        if table in TABLES and not (study / "report" / table).exists():
-            assert not (copy / "report" / table).exists(), table  # e.g. tuning.md, untuned
+        if table in TABLES and not (committed / table).exists():
+            assert not (written / table).exists(), table  # e.g. tuning.md, untuned
             continue
-        assert (copy / "report" / table).read_bytes() == (study / "report" / table).read_bytes(), table
+        assert (written / table).read_bytes() == (committed / table).read_bytes(), table
     assert len((study / "records.jsonl").read_text().splitlines()) == n_records
 
 
