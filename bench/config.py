@@ -219,10 +219,10 @@ def source_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             entries.append(item)
     out: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        name = _dataset_label(entry)
+        name = dataset_label(entry)
         if name in out:
             raise BenchError(f"data.sources lists {name!r} twice; each source once")
-        if name == _dataset_label(target) and \
+        if name == dataset_label(target) and \
                 (entry["name"] != "file" or entry.get("path") == target.get("path")):
             raise BenchError(f"source {name!r} is the target itself; transfer needs another "
                              "dataset")
@@ -230,7 +230,8 @@ def source_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _dataset_label(entry: dict[str, Any]) -> str:
+def dataset_label(entry: dict[str, Any]) -> str:
+    """A dataset's display name: its registry name, or a file dataset's title (else stem)."""
     if entry.get("name") == "file":
         return str(entry.get("title") or Path(str(entry.get("path"))).stem)
     return str(entry["name"])

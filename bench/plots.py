@@ -240,7 +240,8 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     if records:
         df = report_mod.frame(records, metric, report_mod.legacy_validation(study_dir),
                               report_mod.test_labels(study_dir))
-        order = report_mod.strategy_order(df["strategy"], records)
+        order = report_mod.strategy_order(df["strategy"], records,
+                                          report_mod.study_sources(study_dir))
         cells = report_mod.cell_table(df, order)
         if cells["n_train"].nunique() > 1:  # the title states the protocol and labels used
             learning_curves(cells, order, metric,

@@ -32,7 +32,7 @@ import pandas as pd
 
 from bench import stats
 from bench.cache import atomic_write_text
-from bench.config import split_method
+from bench.config import dataset_label, split_method
 from bench.errors import BenchError
 from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_table)
@@ -48,11 +48,14 @@ ALPHA = 0.05
 LEVEL_PCT = round(100 * stats.LEVEL)
 
 
-def strategy_order(names: Iterable[str], records: list[dict[str, Any]]) -> list[str]:
-    """Strategies in the order the study ran them (first record), each strategy's sources in
-    the order they first appear (several workers interleave their records), baselines last."""
+def strategy_order(names: Iterable[str], records: list[dict[str, Any]],
+                   sources: Iterable[str] = ()) -> list[str]:
+    """Strategies in the order the study ran them (first record), each strategy's rows in the
+    order of ``sources`` (the study's list; several workers interleave their records, so
+    first appearance alone would shuffle them), then of first appearance; the reference
+    (scratch) first, baselines last."""
     first: dict[str | None, int] = {}
-    sources: dict[str | None, int] = {None: -1}
+    sources = {None: -1, **{name: i for i, name in enumerate(sources)}}
     for r in records:
         method, source = split_method(r["strategy"])
         first.setdefault(method, len(first))
@@ -61,10 +64,22 @@ def strategy_order(names: Iterable[str], records: list[dict[str, Any]]) -> list[
 
     def key(name: str) -> tuple:
         method, source = split_method(name)
-        return (name == MAJORITY, name in baselines, first.get(method, 0), sources.get(source, 0),
-                name)
+        return (name == MAJORITY, name in baselines, name != REFERENCE, first.get(method, 0),
+                sources.get(source, 0), name)
 
     return sorted(set(names), key=key)
+
+
+def study_sources(study_dir: Path) -> list[str]:
+    """The study's ``data.sources`` in the order it lists them (``study.json``), by name."""
+    try:
+        listed = json.loads((study_dir / "study.json").read_text())["config"]["data"]["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    return [item if isinstance(item, str) else dataset_label(item) for item in listed
+            if isinstance(item, str) or (isinstance(item, dict) and "name" in item)]
 
 
 def legacy_validation(study_dir: Path) -> int:
@@ -374,7 +389,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
     df = frame(records, metric, legacy_validation(study_dir), test_labels(study_dir))
-    order = strategy_order(df["strategy"], records)
+    order = strategy_order(df["strategy"], records, study_sources(study_dir))
     cells = cell_table(df, order)
     name = study_dir.name
     files: dict[str, str] = {}
@@ -504,7 +519,7 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
         if not records:
             raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
         df = frame(records, metric, legacy_validation(d), test_labels(d))
-        names = strategy_order(df["strategy"], records)
+        names = strategy_order(df["strategy"], records, study_sources(d))
         order += [n for n in names if n not in order]
         tables[label] = cell_table(df, names)
         protocols.append(" + ".join(sorted(df["protocol"].unique())))

@@ -33,6 +33,11 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     *[("reuters_multisource", metric, ("flags.md", "negative_transfer.md", "transferability.md",
                                        "transferability.csv", "transferability_agreement.csv"),
        3 * 9 * 5) for metric in ([], ["--metric", "test_f1"])],
+    # its 1,000-label scratch and frozen cells with 3x the training cap: (scratch + 3 frozen +
+    # TF-IDF + majority) x 5 seeds
+    *[("reuters_multisource_longer", metric,
+       ("flags.md", "negative_transfer.md", "transferability.md", "transferability.csv",
+        "transferability_agreement.csv"), 6 * 5) for metric in ([], ["--metric", "test_f1"])],
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
@@ -72,14 +77,22 @@ def test_the_committed_protocol_comparison_regenerates_byte_for_byte(tmp_path):
     assert out.read_bytes() == (studies[0] / "report" / "protocols.md").read_bytes()
 
 
-def test_the_committed_textcnn_minilm_comparison_regenerates_byte_for_byte(tmp_path):
+SIDE_BY_SIDE = [  # (studies, the committed side-by-side file)
+    (("movie_to_amazon_strategies", "movie_to_amazon_minilm"),
+     "movie_to_amazon_minilm/report/textcnn_vs_minilm.md"),
+    (("reuters_multisource", "reuters_multisource_longer"),
+     "reuters_multisource_longer/report/capped_vs_longer.md"),
+]
+
+
+@pytest.mark.parametrize("names, committed", SIDE_BY_SIDE, ids=[c[1].split("/")[-1] for c in SIDE_BY_SIDE])
+def test_the_committed_side_by_side_tables_regenerate_byte_for_byte(tmp_path, names, committed):
     out = tmp_path / "side.md"
     copies = []
-    for name in ("movie_to_amazon_strategies", "movie_to_amazon_minilm"):
+    for name in names:
         copies.append(tmp_path / name)
         shutil.copytree(REPO / "results" / name, copies[-1],
                         ignore=shutil.ignore_patterns("report", "reproductions"))
     proc = run_cli("report", *map(str, copies), "--no-plots", "--side-by-side", str(out))
     assert proc.returncode == 0, proc.stderr
-    committed = REPO / "results" / "movie_to_amazon_minilm" / "report" / "textcnn_vs_minilm.md"
-    assert out.read_bytes() == committed.read_bytes()
+    assert out.read_bytes() == (REPO / "results" / committed).read_bytes()

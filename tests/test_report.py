@@ -256,3 +256,20 @@ def test_side_by_side_keeps_two_runs_of_one_study_apart(reported, tuned_study, t
     twice = run_cli("report", str(tuned_study), str(tuned_study), "--no-plots", "--side-by-side",
                     str(out))
     assert twice.returncode == 2 and "the same study twice" in twice.stderr
+
+
+def test_rows_follow_the_study_not_the_order_workers_recorded_them():
+    from bench.report import strategy_order
+
+    def rec(name, baseline=False):
+        return {"strategy": name, "strategy_spec": {"baseline": name} if baseline else {}}
+
+    # two workers interleaved: the second source's frozen cell and TF-IDF came first
+    records = [rec("frozen@b"), rec("tfidf_logreg", True), rec("full@b"), rec("majority", True),
+               rec("frozen@a"), rec("scratch"), rec("full@a"), rec("frozen@c")]
+    names = [r["strategy"] for r in records]
+    assert strategy_order(names, records, ["a", "b", "c"]) == [
+        "scratch", "frozen@a", "frozen@b", "frozen@c", "full@a", "full@b", "tfidf_logreg",
+        "majority"]
+    # without the study's list: sources in the order they first appear
+    assert strategy_order(names, records)[:4] == ["scratch", "frozen@b", "frozen@a", "frozen@c"]
