@@ -143,7 +143,13 @@ def check(cfg: DictConfig) -> None:
     strategies(cfg)
     check_hpo(cfg)
     if OmegaConf.select(cfg, "data.sources", default=None) is not None:
-        source_configs(cfg)
+        listed = source_configs(cfg)
+        if len(listed) > 1 and models.is_transformer(cfg.model) \
+                and not cfg.model.get("intermediate"):
+            raise BenchError(f"data.sources lists {len(listed)} sources, but without "
+                             "model.intermediate=true the transformer transfers its pretrained "
+                             "weights, the same for every source; set model.intermediate=true "
+                             "to fine-tune on each source first (STILTs)")
     from bench.transferability import check_names
 
     names = OmegaConf.select(cfg, "transferability", default=[]) or []

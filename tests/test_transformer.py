@@ -274,7 +274,8 @@ def broken_copy(folder: Path, tmp_path: Path, drop: tuple[str, ...] = (), config
 
 
 @pytest.mark.parametrize("case", ["no tokenizer", "no weights", "decoder", "max_len",
-                                  "missing block", "lora on textcnn", "vectors on bert"])
+                                  "missing block", "lora on textcnn", "vectors on bert",
+                                  "sources without intermediate"])
 def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_data, tmp_path):
     folder, extra = tiny_bert, []
     if case == "no tokenizer":
@@ -289,6 +290,8 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
         extra = ["strategy=[partial]", "strategy.partial.trainable=[layer_7,head]"]
     elif case == "vectors on bert":
         extra = ["strategy=[vectors_static]"]
+    elif case == "sources without intermediate":
+        extra = ["data.sources=[movie_reviews,tweets]"]
     args = bert_study(small_data, tmp_path / "r", tmp_path / "c", folder, *extra)
     if case == "lora on textcnn":
         args = [*small_study_overrides(small_data, tmp_path / "r", tmp_path / "c"),
@@ -300,7 +303,8 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
     expected = {"no tokenizer": "no tokenizer", "no weights": "no weights",
                 "decoder": "encoders only", "max_len": "exceeds the 64 positions",
                 "missing block": "layer_7", "lora on textcnn": "transformer",
-                "vectors on bert": "word vectors"}[case]
+                "vectors on bert": "word vectors",
+                "sources without intermediate": "model.intermediate=true"}[case]
     assert expected in message[0]
     assert not (tmp_path / "r" / "small").exists()
 
@@ -380,3 +384,32 @@ def test_intermediate_fine_tuning_on_the_source_task_is_trained_once_and_transfe
     assert torch.equal(model.state_dict()[key], stilts.source_model.state_dict[key])
     _, again = prepared("true")
     assert again.source_model.from_cache
+
+
+def test_several_sources_on_a_transformer_with_intermediate_fine_tuning(tiny_bert, small_data,
+                                                                          tmp_path):
+    """Issue 15 on the transformer backbone: one STILTs source model per source, a row per
+    strategy and source, and every estimator (LEEP and NCE from each source head) recorded."""
+    noisy = write_sentiment_csv(tmp_path / "noisy.csv", 600, seed=3, noise=0.35)
+    entries = ",".join(
+        f"{{name:file,path:{path},text_column:text,label_column:label,split_column:null,"
+        f"delimiter:null,title:{title},max_len:32,test_size:100,val_size:100}}"
+        for path, title in ((small_data["source"], "clean"), (noisy, "noisy")))
+    args = bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                      f"data.sources=[{entries}]", "strategy=[scratch,frozen]",
+                      "model.intermediate=true", "source.max_epochs=1", "source.lr=1e-3",
+                      "data.sizes=[20]", "seeds=[0,1]")
+    proc = run_cli("sweep", *args)
+    assert proc.returncode == 0, proc.stderr
+    study = tmp_path / "r" / "small"
+    rows = [json.loads(line) for line in (study / "records.jsonl").read_text().splitlines()]
+    assert {r["strategy"] for r in rows} >= {"scratch", "frozen@clean", "frozen@noisy"}
+    keys = {r["source"]["key"] for r in rows if r["strategy"].startswith("frozen@")}
+    assert len(keys) == 2  # one fine-tuned source model each
+    estimates = [json.loads(line) for line in
+                 (study / "transferability.jsonl").read_text().splitlines()]
+    assert {(e["source"], e["seed"]) for e in estimates} == {
+        (s, seed) for s in ("clean", "noisy") for seed in (0, 1)}
+    assert all(set(e["estimates"]) == {"logme", "h_score", "leep", "nce", "linear_cv", "knn_cv"}
+               for e in estimates)
+    assert (study / "report" / "transferability.md").exists()  # the sweep's report
