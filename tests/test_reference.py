@@ -33,11 +33,11 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     *[("reuters_multisource", metric, ("flags.md", "negative_transfer.md", "transferability.md",
                                        "transferability.csv", "transferability_agreement.csv"),
        3 * 9 * 5) for metric in ([], ["--metric", "test_f1"])],
-    # its 1,000-label scratch and frozen cells with 3x the training cap: (scratch + 3 frozen +
-    # TF-IDF + majority) x 5 seeds
+    # its 1,000-label cells with 3x the training cap: (scratch + 3 x (frozen, full) + TF-IDF +
+    # majority) x 5 seeds
     *[("reuters_multisource_longer", metric,
        ("flags.md", "negative_transfer.md", "transferability.md", "transferability.csv",
-        "transferability_agreement.csv"), 6 * 5) for metric in ([], ["--metric", "test_f1"])],
+        "transferability_agreement.csv"), 9 * 5) for metric in ([], ["--metric", "test_f1"])],
     # Made before the honest protocol (fixed validation split, vocabulary from every text, max
     # over padding), kept for comparison under results/legacy/.
     ("legacy/movie_to_amazon_reference", [], (), 6 * 5 * 5),  # 6 sizes x 5 methods x 5 seeds
