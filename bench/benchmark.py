@@ -137,10 +137,15 @@ def plain_transformer_epochs(model: torch.nn.Module, ids: torch.Tensor, labels: 
                        lengths=(ids != pad_id).sum(dim=1))
 
 
+def _random_rows(index: np.ndarray, n: int) -> np.ndarray:
+    """``n`` random entries of ``index``, sorted. Why random: the index arrays are sorted, and
+    a file sorted by label (the movie snippets are) would give one class in its first rows."""
+    return np.sort(np.random.default_rng(0).permutation(index)[:n])
+
+
 def _pool_val(prep: Any, size: int = 200) -> Any:
     """A small random validation subset (its score is not reported; Lightning validates)."""
-    val = prep.source.splits.val
-    return np.sort(np.random.default_rng(0).permutation(val)[:size])
+    return _random_rows(prep.source.splits.val, size)
 
 
 def _fresh(prep: Any, cfg: Any, seed: int) -> torch.nn.Module:
@@ -157,9 +162,7 @@ def _pool(prep: Any, examples: int | None) -> Any:
     pool = prep.source.splits.pool
     if examples is None and prep.backbone.kind == "transformer":
         examples = 512
-    # A random subset: the index arrays are sorted, and a file sorted by label (the movie
-    # snippets are) would otherwise give one class only.
-    return pool if not examples else np.sort(np.random.default_rng(0).permutation(pool)[:examples])
+    return pool if not examples else _random_rows(pool, examples)
 
 
 def measure_throughput(prep: Any, cfg: Any, epochs: int, repeats: int,

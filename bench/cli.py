@@ -110,7 +110,7 @@ def sweep(argv: Sequence[str]) -> None:
 
         if cfg.get("workers", 1) == 1:
             guarded(lambda: run_study(cfg))
-        else:  # K worker processes on this study, then its table
+        else:  # K worker processes on this study, then its report
             from bench import workers
 
             guarded(lambda: workers.run(cfg, task_overrides() or []))

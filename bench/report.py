@@ -55,17 +55,17 @@ def strategy_order(names: Iterable[str], records: list[dict[str, Any]],
     first appearance alone would shuffle them), then of first appearance; the reference
     (scratch) first, baselines last."""
     first: dict[str | None, int] = {}
-    sources = {None: -1, **{name: i for i, name in enumerate(sources)}}
+    source_rank = {None: -1, **{name: i for i, name in enumerate(sources)}}
     for r in records:
         method, source = split_method(r["strategy"])
         first.setdefault(method, len(first))
-        sources.setdefault(source, len(sources))
+        source_rank.setdefault(source, len(source_rank))
     baselines = {r["strategy"] for r in records if "baseline" in (r.get("strategy_spec") or {})}
 
     def key(name: str) -> tuple:
         method, source = split_method(name)
         return (name == MAJORITY, name in baselines, name != REFERENCE, first.get(method, 0),
-                sources.get(source, 0), name)
+                source_rank.get(source, 0), name)
 
     return sorted(set(names), key=key)
 

@@ -34,7 +34,6 @@ from bench.results import (RECORDS, Key, append_record, encode_labels, load_reco
                            make_record, record_key)
 
 
-
 def publish_report(out: Path, console: Console) -> None:
     """The study's report (``transfer-bench report``'s tables and figures) from every record so
     far, its table printed. Why here: the table a sweep ends with should be the one with the

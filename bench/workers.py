@@ -105,7 +105,7 @@ def _last_line(path: Path) -> str:
 
 
 def run(cfg: DictConfig, overrides: Sequence[str], console: Console | None = None) -> Path:
-    """Start ``cfg.workers`` sweeps of this study, wait for all, then write its table."""
+    """Start ``cfg.workers`` sweeps of this study, wait for all, then write its report."""
     from bench.sweep import run_study
 
     console = console or Console(stderr=True)
@@ -155,5 +155,5 @@ def run(cfg: DictConfig, overrides: Sequence[str], console: Console | None = Non
         i, code = failed[0]
         raise BenchError(f"worker {i} exited with status {code}: "
                          f"{_last_line(logs / f'worker-{i}.log')} (see {logs})")
-    # Every cell is recorded now: this resumes nothing and writes the study's table once.
+    # Every cell is recorded now: this resumes nothing and writes the study's report once.
     return run_study(cfg, console, list(overrides))

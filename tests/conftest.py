@@ -64,6 +64,12 @@ def small_data(tmp_path: Path) -> dict[str, Path]:
             "target": write_sentiment_csv(tmp_path / "target.csv", 400, seed=2, cue_words=1)}
 
 
+def file_source(path: Path, title: str, max_len: int = 64) -> str:
+    """One ``data.sources`` entry (Hydra override syntax) for a generated CSV."""
+    return (f"{{name:file,path:{path},text_column:text,label_column:label,split_column:null,"
+            f"delimiter:null,title:{title},max_len:{max_len},test_size:100,val_size:100}}")
+
+
 def small_study_overrides(data: dict[str, Path], results: Path, cache: Path, hpo: str = "none",
                           baseline: str = "none") -> list[str]:
     """A whole study in seconds: generated CSVs, word2vec on the Lee corpus, a tiny TextCNN."""

@@ -10,15 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import file_source as source
 from conftest import run_cli, small_study_overrides, write_sentiment_csv
 
 from bench.results import encode_labels
-
-
-def source(path: Path, title: str) -> str:
-    """One ``data.sources`` entry (Hydra override syntax) for a generated CSV."""
-    return (f"{{name:file,path:{path},text_column:text,label_column:label,split_column:null,"
-            f"delimiter:null,title:{title},max_len:64,test_size:100,val_size:100}}")
 
 
 @pytest.fixture(scope="module")

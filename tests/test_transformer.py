@@ -17,8 +17,8 @@ from bench.config import compose_config, strategies
 from bench.lit import TextClassifier, fit_and_test, loader
 from bench.models.transformer import Encoder, Probe, frozen_features, tokenize
 from bench.strategies import build_model, freeze_callback
-from tests.conftest import (NEGATIVE, POSITIVE, lee_sentences, run_cli, small_study_overrides,
-                            write_sentiment_csv)
+from tests.conftest import (NEGATIVE, POSITIVE, file_source, lee_sentences, run_cli,
+                            small_study_overrides, write_sentiment_csv)
 
 ALL = ["scratch", "frozen", "partial", "full", "discriminative", "lp_ft", "lora", "bitfit",
        "gradual", "l2sp"]
@@ -391,10 +391,8 @@ def test_several_sources_on_a_transformer_with_intermediate_fine_tuning(tiny_ber
     """Issue 15 on the transformer backbone: one STILTs source model per source, a row per
     strategy and source, and every estimator (LEEP and NCE from each source head) recorded."""
     noisy = write_sentiment_csv(tmp_path / "noisy.csv", 600, seed=3, noise=0.35)
-    entries = ",".join(
-        f"{{name:file,path:{path},text_column:text,label_column:label,split_column:null,"
-        f"delimiter:null,title:{title},max_len:32,test_size:100,val_size:100}}"
-        for path, title in ((small_data["source"], "clean"), (noisy, "noisy")))
+    entries = ",".join(file_source(path, title, max_len=32)
+                       for path, title in ((small_data["source"], "clean"), (noisy, "noisy")))
     args = bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                       f"data.sources=[{entries}]", "strategy=[scratch,frozen]",
                       "model.intermediate=true", "source.max_epochs=1", "source.lr=1e-3",
