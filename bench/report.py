@@ -3,9 +3,10 @@
 ``transfer-bench report results/<study>`` writes ``results/<study>/report/``:
 
 * ``table.{md,csv,tex}``: strategies x sizes (the TF-IDF and majority-class baselines
-  included), mean ± std over seeds, 95% CI of the mean counting seed and test-sample noise
-  (:mod:`bench.stats`), seeds; the best mean per size in bold, strategies not significantly
-  worse than it (paired, Holm) in italics (tied);
+  included), mean ± std over seeds, 95% CI of the population mean counting seed and
+  test-sample noise (:mod:`bench.stats`), seeds and collapsed runs; the best mean per size in
+  bold, strategies the paired test cannot tell from it (Holm) in italics, and per size the
+  smallest difference that test could detect;
 * ``budget.md``: the tuning budget per cell (trials, pruned, compute minutes);
 * ``gains.{md,csv}``: every strategy minus ``scratch``, one paired analysis over matched seeds
   and test examples (CI and p from one estimate), Holm-corrected over the study;
@@ -35,7 +36,7 @@ from bench.cache import atomic_write_text
 from bench.config import dataset_label, split_method
 from bench.errors import BenchError
 from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
-                               variance_table)
+                               variance_markdown, variance_table)
 from bench.transferability import ESTIMATES
 from bench.results import RECORDS, hpo_table, load_records, record_problems, size_order
 
@@ -46,6 +47,11 @@ LEGACY = "fixed_val (legacy)"  # records from before the protocol field: validat
 REFERENCE = "scratch"
 ALPHA = 0.05
 LEVEL_PCT = round(100 * stats.LEVEL)
+# A run collapsed: its test score within this much of (or below) what always answering the
+# majority class scores on the same seed's labels. Such runs sit inside a mean and its interval
+# as if they were ordinary noise; the table counts them.
+COLLAPSE_MARGIN = 0.05
+INDISTINGUISHABLE = "not distinguishable from the sample best"
 
 
 def strategy_order(names: Iterable[str], records: list[dict[str, Any]],
@@ -158,8 +164,8 @@ def per_seed(g: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None]:
 def estimate(means: pd.Series, matrix: np.ndarray | None) -> stats.Estimate:
     """The one interval estimator for a cell (seeds x test examples, or seed means only), from
     :func:`per_seed`."""
-    return stats.seed_estimate(means.to_numpy()) if matrix is None else \
-        stats.crossed_estimate(matrix)
+    return stats.seed_estimate(means.to_numpy(), bounded=True) if matrix is None else \
+        stats.crossed_estimate(matrix, bounded=True)
 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame) -> stats.Estimate | None:
@@ -181,26 +187,54 @@ def interval_note(df: pd.DataFrame) -> str:
     test = df["correct"].notna().all()
     varied = [axis for axis, col in (("source models", "source_seed"), ("tuning replicates", "tuning"))
               if df[col].nunique(dropna=True) > 1]
-    what = ("seed noise and the test sample's own noise (two-way random effects, seeds x test "
-            "examples: a new seed on a new test set of this size)" if test else
-            "seed noise only (t-interval over seed means: these records have no stored test "
-            "predictions, or the metric is not a test metric, so the test sample's noise is "
-            "not counted)")
-    extra = (f"; {' and '.join(varied)} are averaged within each seed (their spread: "
-             "variance.md)") if varied else ""
-    return f"{LEVEL_PCT}% CI of the mean: {what}{extra}."
+    what = ("counts seed noise and the test sample's own noise (two-way random effects, seeds x "
+            "test examples; a cell's interval on the logit scale, so inside [0, 1]; a "
+            "difference's on the linear scale)" if test else
+            "counts seed noise only (t-interval over seed means, a cell's on the logit scale: "
+            "these records have no stored test predictions, or the metric is not a test "
+            "metric, so the test sample's noise is not counted)")
+    extra = ""
+    if "source models" in varied:
+        extra = ("; conditional on the study's source models: they are averaged within each "
+                 "seed, so a new source model's own spread (variance.md) is not in the interval")
+    elif varied:
+        extra = "; tuning replicates are averaged within each seed (their spread: variance.md)"
+    return (f"{LEVEL_PCT}% confidence interval for the population mean (the average over new "
+            f"seeds and new test sets drawn like this one; not the range of a single run): "
+            f"{what}{extra}.")
+
+
+def majority_floor(df: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """(size, seed) -> what always answering the majority class of that seed's labels scored."""
+    floor = df[df["strategy"] == MAJORITY]
+    return {(size, int(seed)): float(score)
+            for size, seed, score in zip(floor["size"], floor["seed"], floor["score"])}
+
+
+def collapsed(g: pd.DataFrame, floor: dict[tuple[str, int], float]) -> pd.Series:
+    """Per run of one cell: did it collapse (score <= majority + COLLAPSE_MARGIN)?"""
+    return pd.Series([(size, int(seed)) in floor and score <= floor[(size, int(seed))]
+                      + COLLAPSE_MARGIN
+                      for size, seed, score in zip(g["size"], g["seed"], g["score"])],
+                     index=g.index, dtype=bool)
 
 
 def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """One row per (strategy, size): mean, std over seeds, CI, seeds, best/tied and the budget.
+    """One row per (strategy, size): mean, std over seeds, CI, seeds, collapsed runs, the best
+    and the cells not distinguishable from it, and the budget.
 
-    Tied: not significantly worse than the best mean of its size in the same paired analysis
-    as the gains (Holm over the size's comparisons with the best)."""
+    Not distinguishable: the paired test against the size's best mean (as in the gains, Holm
+    over the size's comparisons with the best) does not reject at ``ALPHA``. That is "could not
+    tell", not "equal": ``detectable`` per size says how small a difference it could tell."""
     rows, groups = [], {}
+    floor = majority_floor(df)
     for (strategy, size), g in df.groupby(["strategy", "size"], sort=False):
         groups[(strategy, size)] = g
         means, matrix = per_seed(g)
         est = estimate(means, matrix)
+        down = collapsed(g, floor) if strategy != MAJORITY else pd.Series(False, index=g.index)
+        kept = g[~down]
+        clean = estimate(*per_seed(kept)) if down.any() and kept["seed"].nunique() else None
         # One tuning per replicate (current protocols) or one shared by all seeds (older studies).
         tunings = g.drop_duplicates("tuning_study") if g["tuning_study"].notna().all() else g[:1]
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),
@@ -208,6 +242,10 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                      "seeds": len(means), "runs": len(g), "mean": means.mean(),
                      "std": means.std(ddof=1) if len(means) > 1 else 0.0,
                      "ci_low": est.low, "ci_high": est.high,
+                     "collapsed": int(down.sum()),
+                     "mean_without_collapsed": math.nan if clean is None else clean.mean,
+                     "ci_low_without_collapsed": math.nan if clean is None else clean.low,
+                     "ci_high_without_collapsed": math.nan if clean is None else clean.high,
                      "trials": tunings["trials"].sum(min_count=1),
                      "pruned": tunings["pruned"].sum(min_count=1),
                      "minutes": (tunings["tune_seconds"].sum() + g["fit_seconds"].sum()) / 60,
@@ -215,8 +253,10 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                      "device": g["device"].iloc[0]})
     cells = pd.DataFrame(rows)
     cells["best"] = False
-    cells["tied"] = False
+    cells["indistinguishable"] = False
     cells["p_vs_best"] = math.nan
+    cells["detectable_first"] = math.nan   # at Holm's first step, alpha / m
+    cells["detectable_last"] = math.nan    # at its last, alpha
     for size, g in cells.groupby("size"):
         best = g["mean"].idxmax()
         cells.loc[best, "best"] = True
@@ -226,10 +266,50 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         ps = [math.nan if est is None else est.p for est in pairs]
         for i, p in zip(others, stats.holm(ps)):
             cells.loc[i, "p_vs_best"] = p
-            cells.loc[i, "tied"] = bool(not math.isnan(p) and p >= ALPHA)
+            cells.loc[i, "indistinguishable"] = bool(not math.isnan(p) and p >= ALPHA)
+        tested = [e for e in pairs if e is not None and not math.isnan(e.p)]
+        if tested:  # the median over the size's comparisons of each one's own value
+            for col, alpha in (("detectable_first", ALPHA / len(tested)),
+                               ("detectable_last", ALPHA)):
+                cells.loc[g.index, col] = float(np.median([e.detectable(alpha) for e in tested]))
     rank = {s: i for i, s in enumerate(order)}
     cells["_o"] = [(size_order(s), rank[st]) for s, st in zip(cells["size"], cells["strategy"])]
     return cells.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+def detectable_line(cells: pd.DataFrame) -> str:
+    """Per size, the smallest difference from the best the paired test detects with 80% power."""
+    parts = []
+    for size in sorted(cells["size"].unique(), key=size_order):
+        c = cells[cells["size"] == size].iloc[0]
+        if math.isnan(c["detectable_first"]):
+            continue
+        m = int(cells[(cells["size"] == size)]["p_vs_best"].notna().sum())
+        parts.append(f"n={size}: {c['detectable_first']:.3f} at Holm's first step "
+                     f"(alpha/{m}), {c['detectable_last']:.3f} at its last (alpha)")
+    if not parts:
+        return ""
+    return (f"Smallest difference from the best that the paired test detects with "
+            f"{round(100 * stats.POWER)}% power (the median over the size's comparisons with "
+            f"the best, each from its own variance parts): " + "; ".join(parts) + ". A smaller gap marked not distinguishable "
+            "is one these seeds cannot resolve, not evidence of equality.")
+
+
+def collapse_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells with collapsed runs: the interval with every run, and without the collapsed ones."""
+    def without(c: pd.Series) -> str:
+        if math.isnan(c["mean_without_collapsed"]):
+            return "- (every run collapsed)"
+        if math.isnan(c["ci_low_without_collapsed"]):
+            return f"{c['mean_without_collapsed']:.3f} (one seed left: no interval)"
+        return (f"{c['mean_without_collapsed']:.3f} [{c['ci_low_without_collapsed']:.3f}, "
+                f"{c['ci_high_without_collapsed']:.3f}]")
+
+    hit = cells[cells["collapsed"] > 0]
+    return pd.DataFrame([{
+        "strategy": c["strategy"], "size": c["size"], "collapsed": f"{c['collapsed']}/{c['runs']}",
+        "mean [CI], every run": f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
+        "mean [CI], without them": without(c)} for _, c in hit.iterrows()])
 
 
 def _wide(cells: pd.DataFrame, order: list[str], fmt) -> pd.DataFrame:
@@ -248,14 +328,17 @@ NEGATIVE = "†"  # significantly worse than scratch: negative transfer
 
 def _md_cell(c: pd.Series) -> str:
     mean = f"{c['mean']:.3f}"
-    mean = f"**{mean}**" if c["best"] else f"*{mean}*" if c["tied"] else mean
+    mean = f"**{mean}**" if c["best"] else f"*{mean}*" if c["indistinguishable"] else mean
     mark = NEGATIVE if c.get("negative") else ""
-    return f"{mean}{mark} ± {c['std']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] ({c['seeds']})"
+    down = f"; {c['collapsed']} collapsed" if c["collapsed"] else ""
+    return (f"{mean}{mark} ± {c['std']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] "
+            f"({c['seeds']}{down})")
 
 
 def _tex_cell(c: pd.Series) -> str:
     mean = f"{c['mean']:.3f}"
-    mean = rf"\textbf{{{mean}}}" if c["best"] else rf"\underline{{{mean}}}" if c["tied"] else mean
+    mean = rf"\textbf{{{mean}}}" if c["best"] else rf"\underline{{{mean}}}" if c["indistinguishable"] \
+        else mean
     return rf"{mean} $\pm$ {c['std']:.3f} \scriptsize[{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
 
 
@@ -313,8 +396,21 @@ def negative_transfer(df: pd.DataFrame, order: list[str]) -> dict[tuple[str, str
             if r["verdict"] == "worse" and r["strategy"] in transfers}
 
 
+def _multiple(need: float | None, sizes: list[int], labels: int, edge: str) -> str:
+    """A label multiple for one end of its interval: ``edge`` 'low' or 'high' or 'point'."""
+    if need is None:
+        return f"> {sizes[-1] / labels:.1f}x"
+    if need <= sizes[0]:
+        ratio = sizes[0] / labels
+        return "<= 1x" if ratio <= 1 else f"<= {ratio:.1f}x"
+    ratio = need / labels
+    return "<= 1x" if edge == "low" and ratio <= 1 else f"{ratio:.1f}x"
+
+
 def efficiency_table(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    """Labels scratch needs to match each cell, and that as a multiple of the cell's labels."""
+    """Labels scratch needs to match each cell, and that as a multiple of the cell's labels,
+    with an interval: scratch's mean curve inverted at the cell's CI ends (scratch's own curve
+    taken as known). A lower end at or below 1x is shown as "<= 1x": no saving is claimed."""
     ref = cells[cells["strategy"] == REFERENCE].sort_values("labels")
     if len(ref) < 2:
         return pd.DataFrame()
@@ -327,16 +423,20 @@ def efficiency_table(cells: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         need = stats.labels_needed(sizes, scores, c["mean"])
         if need is None:
             text = f"> {sizes[-1]} (more than measured)"
-            ratio = f"> {sizes[-1] / c['labels']:.1f}x"
         elif need <= sizes[0] and c["labels"] >= sizes[0]:
             text = f"<= {sizes[0]}"
-            ratio = f"<= {sizes[0] / c['labels']:.1f}x"
         else:
             text = f"{need:.0f}"
-            ratio = f"{need / c['labels']:.1f}x"
+        ratio = _multiple(need, sizes, c["labels"], "point")
+        if not (math.isnan(c["ci_low"]) or math.isnan(c["ci_high"])):
+            low = _multiple(stats.labels_needed(sizes, scores, c["ci_low"]), sizes, c["labels"],
+                            "low")
+            high = _multiple(stats.labels_needed(sizes, scores, c["ci_high"]), sizes,
+                             c["labels"], "high")
+            ratio = f"{ratio} [{low}, {high}]"
         rows.append({"strategy": c["strategy"], "size": c["size"], "labels used": c["labels"],
                      "score": round(c["mean"], 4), "scratch labels to match": text,
-                     "label multiple": ratio})
+                     "label multiple [95% CI]": ratio})
     return pd.DataFrame(rows)
 
 
@@ -399,18 +499,33 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     wide = _wide(cells, order, _md_cell)
     seeds = sorted(df["seed"].unique())
     files["table.md"] = (
-        f"{name}: {metric}, mean ± std over seeds [{LEVEL_PCT}% CI of the mean] (seeds)\n\n"
+        f"{name}: {metric}, mean ± std over seeds [{LEVEL_PCT}% CI of the population mean] "
+        f"(seeds; collapsed runs)\n\n"
         + protocol_line(df) + "\n\n"
         + wide.to_markdown(disable_numparse=True) + "\n\n"
-        f"Best mean per size in **bold**; *italic* = tied: not significantly worse than the best "
-        f"(paired analysis as in gains.md, Holm over the size's comparisons with the best, "
-        f"alpha {ALPHA}). Seeds {', '.join(map(str, seeds))}. " + interval_note(df)
+        f"Best mean per size in **bold**; *italic* = {INDISTINGUISHABLE}: the paired test "
+        f"against it (as in gains.md, Holm over the size's comparisons with the best, alpha "
+        f"{ALPHA}) does not reject. Seeds {', '.join(map(str, seeds))}. " + interval_note(df)
         + (f" `{MAJORITY}`: always the majority class of the n labels." if MAJORITY in order
            else "")
+        + (f" Collapsed: runs scoring at most {COLLAPSE_MARGIN} above `{MAJORITY}` on the "
+           f"same seed (or below it); counted beside the seeds, each such cell's interval "
+           f"with and without them below." if MAJORITY in order else "")
         + (f" {NEGATIVE} negative transfer: significantly worse than {REFERENCE} (gains.md, "
            f"Holm), listed in negative_transfer.md." if negative else "") + "\n")
+    detect = detectable_line(cells)
+    if detect:
+        files["table.md"] += "\n" + detect + "\n"
+    collapses = collapse_table(cells)
+    if not collapses.empty:
+        files["table.md"] += ("\nCells with collapsed runs (the mean and its interval read "
+                              "differently without them):\n\n"
+                              + collapses.to_markdown(index=False, disable_numparse=True) + "\n")
     csv = cells.drop(columns="negative").assign(
-        **{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high", "p_vs_best")},
+        **{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high", "p_vs_best",
+                                          "mean_without_collapsed", "ci_low_without_collapsed",
+                                          "ci_high_without_collapsed", "detectable_first",
+                                          "detectable_last")},
         minutes=cells["minutes"].round(2))
     files["table.csv"] = csv.to_csv(index=False, lineterminator="\n")
     tex = _wide(cells, order, _tex_cell)
@@ -419,8 +534,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
     files["table.tex"] = tex.style.to_latex(
         hrules=True, column_format="l" + "c" * tex.shape[1],
         caption=f"{name.replace('_', ' ')}: {metric.replace('_', ' ')}, mean $\\pm$ std over "
-                f"{len(seeds)} seeds, {LEVEL_PCT}\\% CI of the mean; best in bold, tied "
-                "(not significantly worse, paired) underlined.")
+                f"{len(seeds)} seeds, {LEVEL_PCT}\\% CI of the population mean; best in bold, not "
+                "distinguishable from it (paired test, Holm) underlined.")
     flags = flags_table(df)
     if not flags.empty:
         files["table.md"] += ("\nFlagged fits (at_cap: best held-out score at the last round "
@@ -472,14 +587,18 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
             + protocol_line(df) + "\n\n"
             + eff.to_markdown(index=False, disable_numparse=True)
             + f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
-            "'more than measured' when it never reaches the score.\n")
+            "'more than measured' when it never reaches the score. The multiple's interval "
+            "inverts that curve at the ends of the cell's confidence interval (scratch's own "
+            "noise is not counted); a lower end at or below 1x reads '<= 1x': no label saving "
+            "is claimed.\n")
         files["efficiency.csv"] = eff.to_csv(index=False, lineterminator="\n")
 
     variance = variance_table(df, order)
     if not variance.empty:
         files["variance.md"] = (
             f"{name}: where the spread of one run's {metric} comes from\n\n" + protocol_line(df)
-            + "\n\n" + variance.to_markdown(index=False, disable_numparse=True) + "\n\n"
+            + "\n\n" + variance_markdown(variance).to_markdown(index=False, disable_numparse=True)
+            + "\n\n"
             + VARIANCE_NOTE + "\n")
         files["variance.csv"] = variance.to_csv(index=False, lineterminator="\n")
     edges = edge_table(records, study_dir)

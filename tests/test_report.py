@@ -69,9 +69,9 @@ def test_table_cells_are_the_records_statistics(reported, tuned_study):
         # per-example predictions scored against the study's test labels.
         matrix = _correct(tuned_study, row["strategy"], row["size"])
         assert matrix.mean(axis=1) == pytest.approx(scores, abs=1e-6)
-        est = crossed_estimate(matrix)
+        est = crossed_estimate(matrix, bounded=True)  # a cell's score: the logit-scale interval
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((est.low, est.high), abs=1e-6)
-        assert row["ci_low"] <= row["mean"] <= row["ci_high"]
+        assert 0 <= row["ci_low"] <= row["mean"] <= row["ci_high"] <= 1
         if row["strategy"] == "majority":
             assert pd.isna(row["trials"])  # nothing to tune
         else:
@@ -85,7 +85,7 @@ def test_table_cells_are_the_records_statistics(reported, tuned_study):
               for s in others["strategy"]]
         for (_, row), p in zip(others.iterrows(), holm(ps)):
             assert row["p_vs_best"] == pytest.approx(p, abs=1e-6)
-            assert bool(row["tied"]) == (p >= 0.05)
+            assert bool(row["indistinguishable"]) == (p >= 0.05)
     assert "majority" in (out / "table.md").read_text()
 
 
@@ -94,8 +94,9 @@ def test_variance_table_splits_seed_and_test_sample(reported, tuned_study):
     text = (out / "variance.md").read_text()
     frame = pd.read_csv(out / "variance.csv", dtype={"size": str})
     # one source model, one tuning per replicate: only the seed and test-sample parts
-    assert [c for c in frame.columns if c.startswith("sd ")] == ["sd seed", "sd test sample",
-                                                                   "sd total"]
+    assert [c for c in frame.columns if c.startswith("sd ")] == [
+        "sd seed", "sd seed low", "sd seed high", "sd test sample", "sd test sample low",
+        "sd test sample high", "sd total"]
     row = frame[(frame["strategy"] == "full") & (frame["size"] == "100")].iloc[0]
     matrix = _correct(tuned_study, "full", "100")
     scores = matrix.mean(axis=1)
@@ -109,6 +110,12 @@ def test_variance_table_splits_seed_and_test_sample(reported, tuned_study):
     assert row["sd test sample"] == pytest.approx(
         np.sqrt(np.mean([np.var(r, ddof=1) / len(r) for r in matrix])), abs=1e-4)
     assert "test sample" in text and "majority" not in set(frame["strategy"])
+    # 3 seeds: the seed part rests on 2 degrees of freedom, and its interval says how little
+    # that pins down (it holds the point value, and reaches far above it)
+    assert row["df seed"] == 2 and row["df test sample"] == 3 * (n - 1)
+    assert row["sd seed low"] <= row["sd seed"] <= row["sd seed high"]
+    assert row["sd seed high"] > 2 * row["sd seed"]
+    assert "(2)" in text
 
 
 def _mean_paired_difference(study, strategy: str, reference: str, size: str) -> float:

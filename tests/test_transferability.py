@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import optimize, stats
+from scipy import linalg, optimize, stats
 
 from bench.transferability import (estimate, h_score, knn_cv, leep, linear_cv, log_evidence,
                                    logme, logme_column, nce)
@@ -45,8 +45,8 @@ def test_logme_finds_the_maximum_evidence_over_alpha_and_beta():
 
 
 def test_logme_with_more_dimensions_than_examples_stays_finite_and_maximal():
-    """n < d: the column is fitted exactly; the evidence approaches its supremum as beta grows
-    (the fixed point is held at beta <= 1e8) and no grid point beats it."""
+    """n < d: the column can be fitted exactly, the evidence stays bounded as beta grows, and
+    no grid point beats the value found."""
     rng = np.random.default_rng(6)
     n, d = 12, 30
     f = rng.normal(size=(n, d))
@@ -56,6 +56,84 @@ def test_logme_with_more_dimensions_than_examples_stays_finite_and_maximal():
     grid = max(log_evidence(f, y, a, b) for a in np.logspace(-6, 6, 49)
                for b in np.logspace(-6, 8, 57))
     assert value * n >= grid - 1e-6
+
+
+def _class_features(n, d, classes, signal, seed):
+    """n examples of ``classes`` classes (each present), features = signal x class mean + noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.arange(classes), rng.integers(0, classes, n - classes)]
+    return signal * rng.normal(size=(classes, d))[labels] + rng.normal(size=(n, d)), labels
+
+
+def test_logme_does_not_depend_on_the_features_scale():
+    """F -> c F is absorbed exactly by alpha -> c^2 alpha. A clip of alpha and beta at 1e8
+    broke this: 0.4732 at x1, -1.789 at x1000 on the first case (every column pinned)."""
+    for n, d, classes, signal in ((50, 384, 20, 1.0), (50, 384, 20, 0.3), (400, 24, 4, 0.5)):
+        f, labels = _class_features(n, d, classes, signal, seed=0)
+        values = [logme(f * c, labels) for c in (1.0, 100.0, 1000.0, 0.001)]
+        assert max(values) - min(values) < 1e-9, (n, d, signal, values)
+        for c in (1000.0, 0.001):  # one column: c^2 alpha and the same beta
+            (v1, a1, b1), (vc, ac, bc) = (logme_column(f * s, (labels == 0).astype(float))
+                                          for s in (1.0, c))
+            assert vc == pytest.approx(v1, abs=1e-9)
+            assert ac / c ** 2 == pytest.approx(a1, rel=1e-6) and bc == pytest.approx(b1, rel=1e-6)
+
+
+def _direct_max_evidence(f, y):
+    """max over (log alpha, log beta) in [-40, 40]^2 of log N(y; 0, F F^T / alpha + I / beta),
+    by Cholesky: a grid, then Nelder-Mead from its three best points."""
+    n = len(y)
+    gram = f @ f.T
+
+    def minus(p):
+        a, b = np.exp(p)
+        try:
+            c = np.linalg.cholesky(gram / a + np.eye(n) / b)
+        except np.linalg.LinAlgError:
+            return np.inf
+        w = linalg.solve_triangular(c, y, lower=True)
+        return 0.5 * n * math.log(2 * math.pi) + np.sum(np.log(np.diag(c))) + 0.5 * w @ w
+
+    grid = sorted(((la, lb) for la in np.arange(-10.0, 31.0, 2.0)
+                   for lb in np.arange(-10.0, 31.0, 2.0)), key=minus)
+    runs = [optimize.minimize(minus, start, method="Nelder-Mead", bounds=[(-40, 40)] * 2,
+                              options={"xatol": 1e-9, "fatol": 1e-13, "maxiter": 4000})
+            for start in grid[:3]]
+    best = min(runs, key=lambda r: r.fun)
+    return -best.fun / n, best.x
+
+
+def test_logme_column_equals_a_direct_maximisation_of_the_evidence():
+    """Against Nelder-Mead on the Gaussian density, n > d and n < d. With n <= d a column's
+    supremum is at a finite (alpha, beta), or at alpha -> inf (no weights), or at beta -> inf
+    (noise-free); all three occur here. The beta -> inf value is the noise-free evidence
+    max_alpha log N(y; 0, F F^T / alpha), at alpha = n / y^T (F F^T)^-1 y."""
+    seen = set()
+    for n, d, classes, signal, seed in ((40, 6, 2, 1.0, 1), (12, 30, 2, 0.0, 6),
+                                        (50, 384, 20, 0.3, 0)):
+        f, labels = _class_features(n, d, classes, signal, seed)
+        for c in range(min(classes, 8)):
+            y = (labels == c).astype(float)
+            value, alpha, beta = logme_column(f, y)
+            direct, (log_a, log_b) = _direct_max_evidence(f, y)
+            assert value == pytest.approx(direct, abs=1e-8), (n, d, c)
+            assert value >= direct - 1e-10, (n, d, c)  # never below a numerical maximum
+            if math.isinf(alpha):
+                seen.add("alpha -> inf")
+                assert log_a > 25 and beta == pytest.approx(n / (y @ y), rel=1e-9)
+            elif math.isinf(beta):
+                seen.add("beta -> inf")
+                assert n <= d and log_b > 25 and math.log(alpha) == pytest.approx(log_a, abs=1e-3)
+                gram = f @ f.T
+                assert alpha == pytest.approx(n / (y @ np.linalg.solve(gram, y)), rel=1e-9)
+                noise_free = stats.multivariate_normal(np.zeros(n), gram / alpha).logpdf(y)
+                assert value * n == pytest.approx(noise_free, abs=1e-8)
+            else:
+                seen.add("finite")
+                assert math.log(alpha) == pytest.approx(log_a, abs=1e-4), (n, d, c)
+                assert math.log(beta) == pytest.approx(log_b, abs=1e-4), (n, d, c)
+                assert value * n == pytest.approx(log_evidence(f, y, alpha, beta), abs=1e-9)
+    assert seen == {"alpha -> inf", "beta -> inf", "finite"}
 
 
 def test_logme_ranks_informative_features_above_noise():
