@@ -19,6 +19,7 @@ NUMBER = re.compile(r"(?<![\d.])[+-]?\d\.\d{3}(?![\d])")
 def _pool() -> str:
     """Every committed report table, and the benchmark figures as a table would print them."""
     texts = [p.read_text() for p in sorted((REPO / "results").glob("**/report/**/*.md"))]
+    texts.append((REPO / "results" / "coverage.md").read_text())  # the simulated coverage
     for path in sorted((REPO / "results" / "benchmark").glob("*.json")):
         def walk(v):
             if isinstance(v, float):
