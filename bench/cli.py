@@ -5,6 +5,7 @@
     transfer-bench data list | data fetch NAME                the dataset registry
     transfer-bench data inspect [SOURCE] TARGET | --file F   check data before training
     transfer-bench reproduce DIR [--cells N | --all]         rerun recorded cells, compare
+        [--strategy S] [--size N] [--seed N]                 (only those records)
     transfer-bench benchmark [--study] [overrides]            suite vs plain PyTorch speed
 
 Problems the user can fix print one line ``error: ...`` and exit with status 2. Set
@@ -263,13 +264,21 @@ def reproduce(argv: Sequence[str]) -> None:
                              f"software, else {rep.CROSS_MACHINE_TOLERANCE})")
     parser.add_argument("--reuse-cache", action="store_true",
                         help="reuse cached tensors, vectors and source model instead of rebuilding")
+    parser.add_argument("--strategy", action="append", default=[], metavar="NAME",
+                        help="only records of this strategy, as records name it (frozen, "
+                             "full@tweets, tfidf_logreg); repeat for several")
+    parser.add_argument("--size", action="append", default=[], metavar="N",
+                        help="only records of this size; repeat for several")
+    parser.add_argument("--seed", action="append", default=[], type=int, metavar="N",
+                        help="only records of this seed; repeat for several")
     args = parser.parse_args(argv)
     if args.cells < 1:
         raise BenchError(f"--cells {args.cells}; give at least 1")
     if not args.dir.is_dir():
         raise BenchError(f"{args.dir} is not a study directory; give results/<study>")
     table, out, ok = rep.run(args.dir, args.cells, args.all, args.out, args.tolerance,
-                             args.reuse_cache)
+                             args.reuse_cache, strategies=args.strategy, sizes=args.size,
+                             seeds=args.seed)
     print(table.to_markdown(index=False))
     print(f"\n{int(table['within'].sum())}/{len(table)} within tolerance; written to {out}")
     if not ok:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,15 @@ def training_texts(data: LabelledTexts, pool: np.ndarray, protocol: Protocol) ->
 
 
 def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
-            console: Console | None = None) -> Prepared:
-    """Load data, vectors and the source model once; every size is checked before any training."""
+            console: Console | None = None,
+            train_sources: Collection[str] | None = None) -> Prepared:
+    """Load data, vectors and the source model once; every size is checked before any training.
+
+    Vectors and source models are built only for what ``strategies`` transfer, and source models
+    only for the sources in ``train_sources`` (None: every source). The vocabulary always covers
+    every source's pool and the target's, so a subset changes no number, only what is trained
+    (``reproduce`` rebuilds what its chosen records use, nothing more).
+    """
     cache = cache_root(cfg.paths.cache)
     protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True)
                                     if "protocol" in cfg else None)
@@ -155,6 +162,8 @@ def prepare(cfg: DictConfig, strategies: list[Strategy], sizes: list[int | str],
         settings = OmegaConf.to_container(cfg.source, resolve=True)
         settings.pop("seeds", None)  # each model's own seed is its "seed"; keys stay as before
         for name, side in sources.items():
+            if train_sources is not None and name not in train_sources:
+                continue
             task = side.task
             if console:
                 console.print(f"source model on {name} ({len(task.splits.pool)} training "

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -39,6 +39,26 @@ from bench.results import RECORDS, load_records
 # the noise, so --tolerance overrides it.
 CROSS_MACHINE_TOLERANCE = 0.02
 METRICS = ("test_acc", "val_acc")
+
+
+def select(records: list[dict[str, Any]], strategies: Sequence[str] = (),
+           sizes: Sequence[str] = (), seeds: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """The records of the given strategies (record names, e.g. ``frozen@tweets``), sizes and
+    seeds; an empty filter keeps all. Nothing left is a one-line error naming what there is."""
+    wanted = [("strategy", [str(v) for v in strategies], lambda r: str(r["strategy"])),
+              ("size", [str(v) for v in sizes], lambda r: str(r["size"])),
+              ("seed", [str(v) for v in seeds], lambda r: str(int(r["seed"])))]
+    narrowed = False
+    for flag, values, of in wanted:
+        have = list(dict.fromkeys(of(r) for r in records))
+        unknown = [v for v in values if v not in have]
+        if unknown:
+            among = "the records the other filters leave" if narrowed else "the records"
+            raise BenchError(f"--{flag} {' '.join(unknown)}: no such {flag} among {among}; "
+                             f"they have {', '.join(have)}")
+        records = [r for r in records if not values or of(r) in values]
+        narrowed = narrowed or bool(values)
+    return records
 
 
 def choose(records: list[dict[str, Any]], cells: int, everything: bool) -> list[dict[str, Any]]:
@@ -132,7 +152,13 @@ def _fresh_cache(root: Path, source_cache: Path) -> Path:
 
 def _check_data(manifest: dict[str, Any], cache: Path) -> None:
     """The archives this machine would read must be the ones the study read."""
+    entries: list[tuple[str, Any]] = []
     for role, entry in (manifest.get("data") or {}).items():
+        if role == "sources" and isinstance(entry, dict):  # several sources: one entry each
+            entries += [(f"source {name}", e) for name, e in entry.items()]
+        else:
+            entries.append((role, entry))
+    for role, entry in entries:
         archive = (entry or {}).get("archive") if isinstance(entry, dict) else None
         if not archive:
             continue
@@ -142,12 +168,56 @@ def _check_data(manifest: dict[str, Any], cache: Path) -> None:
                              "delete it so it is fetched again")
 
 
+# What a rerun reads from a record besides its key (strategy, size, seed). Fields added later
+# (source_seed, tuning, rounds) are optional: records written before them are still rerun.
+NEEDED = ("run_id", "params", "n_train", "metrics")
+
+
+def _check_records(records: list[dict[str, Any]], runs: dict[str, Any]) -> None:
+    for r in records:
+        lacking = [k for k in NEEDED if r.get(k) is None]
+        if lacking:
+            raise BenchError(f"the record of {r['strategy']} n={r['size']} seed={r['seed']} in "
+                             f"{RECORDS} has no {', '.join(lacking)}; it cannot be rerun")
+    missing = sorted({r["run_id"] for r in records if r["run_id"] not in runs}, key=str)
+    if missing:
+        raise BenchError(f"records name runs {missing} that {manifest_mod.MANIFEST} lacks; "
+                         "the manifest does not belong to these records")
+
+
+OTHER_VERSION = ("the study was made by another version of transfer-bench and cannot be "
+                 "reproduced by this version")
+
+
+def _run_config(run_id: str, entry: dict[str, Any], study_hash: Any, cache: Path,
+                out: Path) -> Any:
+    """Run ``run_id``'s composed config, pointed at ``cache`` and ``out``, checked by this
+    version and hashing to the manifest's study_hash."""
+    if not isinstance(entry.get("config"), dict):
+        raise BenchError(f"run {run_id} in {manifest_mod.MANIFEST} has no config to rebuild it "
+                         "from")
+    cfg = OmegaConf.create(entry["config"])
+    cfg.paths.cache = str(cache)
+    cfg.paths.results = str(out)
+    cfg.progress = False
+    try:
+        config_mod.check(cfg)
+    except BenchError as exc:
+        raise BenchError(f"run {run_id}'s config fails this version's checks ({exc}); "
+                         f"{OTHER_VERSION}") from None
+    if config_mod.study_hash(cfg) != study_hash:
+        raise BenchError(f"run {run_id}'s config does not hash to the manifest's study_hash: "
+                         f"the manifest was edited, or {OTHER_VERSION}")
+    return cfg
+
+
 def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | None = None,
         tolerance: float | None = None, reuse_cache: bool = False,
-        console: Console | None = None) -> tuple[pd.DataFrame, Path, bool]:
-    from bench.methods import BaselineMethod, MajorityMethod, NeuralMethod
-    from bench.prepare import prepare
-
+        console: Console | None = None, strategies: Sequence[str] = (),
+        sizes: Sequence[str] = (), seeds: Sequence[int] = ()) -> tuple[pd.DataFrame, Path, bool]:
+    """Rerun the chosen records (``strategies``/``sizes``/``seeds`` filter them first) and
+    compare. Everything that can be refused is checked before ``out`` is created: a refusal
+    writes nothing. The rebuilt cache is deleted afterwards, also when a rerun fails."""
     console = console or Console(stderr=True)
     manifest = manifest_mod.read(study_dir)
     if manifest is None:
@@ -156,72 +226,35 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
     records = load_records(study_dir / RECORDS)
     if not records:
         raise BenchError(f"{study_dir} has no records to reproduce")
-    chosen = choose(records, cells, everything)
+    chosen = choose(select(records, strategies, sizes, seeds), cells, everything)
     runs = manifest.get("runs") or {}
-    missing = sorted({r.get("run_id") for r in chosen if r.get("run_id") not in runs}, key=str)
-    if missing:
-        raise BenchError(f"records name runs {missing} that {manifest_mod.MANIFEST} lacks; "
-                         "the manifest does not belong to these records")
+    _check_records(chosen, runs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = out or study_dir / "reproductions" / stamp
-    if out.exists() and any(out.iterdir()):
-        raise BenchError(f"{out} is not empty; reproduce writes into a fresh folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BenchError(f"{out} is not an empty folder; reproduce writes into a fresh folder")
     user_cache = cache_root(None)
-    cache = user_cache if reuse_cache else _fresh_cache(out / "cache", user_cache)
-    _check_data(manifest, cache)
-
-    rows, warnings = [], set()
-    reasons: dict[str, str] = {}
-    here_versions, here_hardware = manifest_mod.versions(), manifest_mod.hardware()
+    cache = user_cache if reuse_cache else out / "cache"
     by_run: dict[str, list[dict[str, Any]]] = {}
     for r in chosen:
         by_run.setdefault(r["run_id"], []).append(r)
-    for run_id, recs in by_run.items():
-        entry = runs[run_id]
-        diffs = environment_differences(entry, here_versions, here_hardware)
-        for d in diffs:
-            if d not in warnings:
-                console.print(f"warning: {d}")
-                warnings.add(d)
-        cfg = OmegaConf.create(entry["config"])
-        cfg.paths.cache = str(cache)
-        cfg.paths.results = str(out)
-        cfg.progress = False
-        config_mod.check(cfg)
-        if config_mod.study_hash(cfg) != manifest["study_hash"]:
-            raise BenchError(f"run {run_id}'s config does not hash to the manifest's study_hash; "
-                             "the manifest was edited or written by another version")
-        strategies = {s.name: s for s in config_mod.strategies(cfg)}
-        prep = prepare(cfg, list(strategies.values()), [r["size"] for r in recs], console)
-        tol, reasons[run_id] = decide_tolerance(entry, here_versions, here_hardware["numerics"],
-                                                tolerance)
-        console.print(f"run {run_id}: {reasons[run_id]}")
-        for r in recs:
-            base, source_name = config_mod.split_method(r["strategy"])
-            if base in strategies:
-                method = NeuralMethod(prep, cfg, strategies[base], r.get("source_seed"),
-                                      source_name)
-            elif r["strategy"] == MajorityMethod.name:
-                method = MajorityMethod(prep, cfg)
-            else:
-                method = BaselineMethod(prep, cfg)
-            where = "".join([f" source={r['source_seed']}"] * (r.get("source_seed") is not None)
-                            + [f" tuning={r['tuning']}"] * bool(r.get("tuning")))
-            console.print(f"rerun {r['strategy']} n={r['size']} seed={r['seed']}{where}")
-            # The final fit alone: the recorded setting and training length (rounds) that the
-            # replicate's own tuning chose; the tuning is not rerun.
-            fit = method.final(dict(r["params"]), int(r["n_train"]), int(r["seed"]),
-                               r.get("rounds"))
-            for metric in (m for m in METRICS if m in r["metrics"]):
-                new = round(fit.metrics[metric], 6)
-                old = r["metrics"][metric]
-                diff = new - old
-                rows.append({"strategy": r["strategy"], "size": str(r["size"]), "seed": r["seed"],
-                             "source_seed": r.get("source_seed"), "tuning": r.get("tuning", 0),
-                             "metric": metric, "original": old, "rerun": new,
-                             "difference": round(diff, 6), "tolerance": tol,
-                             "within": abs(diff) <= tol + 1e-9})
+    configs = {run_id: _run_config(run_id, runs[run_id], manifest.get("study_hash"), cache, out)
+               for run_id in by_run}
+
+    created = [d for d in (out, *out.parents) if not d.exists()]  # e.g. <study>/reproductions
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if not reuse_cache:
+            _fresh_cache(cache, user_cache)
+        _check_data(manifest, cache)
+        rows, warnings, reasons = _rerun(by_run, runs, configs, tolerance, console)
+    except BaseException:  # a rerun that fails (or Ctrl-C) leaves no rebuilt cache behind
+        if not reuse_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        for folder in created:  # innermost first; only what this call made and left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     table = pd.DataFrame(rows)
     ok = bool(table["within"].all())
     text = (f"# reproduction of {study_dir.name}\n\n" + table.to_markdown(index=False) + "\n\n"
@@ -235,5 +268,68 @@ def run(study_dir: Path, cells: int = 3, everything: bool = False, out: Path | N
                              "tolerance_reasons": reasons, "run": manifest_mod.run_entry(),
                              "rows": rows}), indent=2, default=str) + "\n")
     if not reuse_cache:
-        shutil.rmtree(out / "cache", ignore_errors=True)  # rebuilt data: large and disposable
+        shutil.rmtree(cache, ignore_errors=True)  # rebuilt data: large and disposable
     return table, out, ok
+
+
+def _rerun(by_run: dict[str, list[dict[str, Any]]], runs: dict[str, Any],
+           configs: dict[str, Any], tolerance: float | None,
+           console: Console) -> tuple[list[dict[str, Any]], set[str], dict[str, str]]:
+    """Retrain each record's final fit under its run's config: comparison rows, environment
+    warnings, and each run's tolerance reason."""
+    from bench.methods import BaselineMethod, MajorityMethod, NeuralMethod
+    from bench.prepare import prepare
+
+    rows: list[dict[str, Any]] = []
+    warnings: set[str] = set()
+    reasons: dict[str, str] = {}
+    here_versions, here_hardware = manifest_mod.versions(), manifest_mod.hardware()
+    for run_id, recs in by_run.items():
+        entry, cfg = runs[run_id], configs[run_id]
+        for d in environment_differences(entry, here_versions, here_hardware):
+            if d not in warnings:
+                console.print(f"warning: {d}")
+                warnings.add(d)
+        defined = {s.name: s for s in config_mod.strategies(cfg)}
+        # Only what these records use is rebuilt: a scratch cell trains no source model, a
+        # frozen@tweets cell only the tweets one (the vocabulary still covers every pool).
+        methods = [config_mod.split_method(r["strategy"]) for r in recs]
+        used = [defined[b] for b in dict.fromkeys(b for b, _ in methods) if b in defined]
+        sources = {s for b, s in methods if b in defined and defined[b].transfer == "network"}
+        prep = prepare(cfg, used, [r["size"] for r in recs], console,
+                       None if None in sources else sources)
+        tol, reasons[run_id] = decide_tolerance(entry, here_versions, here_hardware["numerics"],
+                                                tolerance)
+        console.print(f"run {run_id}: {reasons[run_id]}")
+        for r in recs:
+            base, source_name = config_mod.split_method(r["strategy"])
+            if base in defined:
+                method = NeuralMethod(prep, cfg, defined[base], r.get("source_seed"),
+                                      source_name)
+            elif r["strategy"] == MajorityMethod.name:
+                method = MajorityMethod(prep, cfg)
+            else:
+                method = BaselineMethod(prep, cfg)
+            # Records from before source seeds and tuning replicates have neither field.
+            source_seed, tuning = r.get("source_seed"), r.get("tuning") or 0
+            where = ((f" source={source_seed}" if source_seed is not None else "")
+                     + (f" tuning={tuning}" if tuning else ""))
+            console.print(f"rerun {r['strategy']} n={r['size']} seed={r['seed']}{where}")
+            # The final fit alone: the recorded setting and training length (rounds) that the
+            # replicate's own tuning chose; the tuning is not rerun.
+            fit = method.final(dict(r["params"]), int(r["n_train"]), int(r["seed"]),
+                               r.get("rounds"))
+            compared = [m for m in METRICS if m in r["metrics"]]
+            if not compared:
+                raise BenchError(f"the record of {r['strategy']} n={r['size']} seed={r['seed']} "
+                                 f"has none of {', '.join(METRICS)} to compare")
+            for metric in compared:
+                new = round(fit.metrics[metric], 6)
+                old = r["metrics"][metric]
+                diff = new - old
+                rows.append({"strategy": r["strategy"], "size": str(r["size"]), "seed": r["seed"],
+                             "source_seed": source_seed, "tuning": tuning,
+                             "metric": metric, "original": old, "rerun": new,
+                             "difference": round(diff, 6), "tolerance": tol,
+                             "within": abs(diff) <= tol + 1e-9})
+    return rows, warnings, reasons

