@@ -39,7 +39,7 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
                 if r["strategy"] not in ("scratch", "majority")}) == 1
     # the sweep ends with the report: its table (intervals, protocol) printed and written
     table = (results / "small" / "report" / "table.md").read_text()
-    assert table in first.stdout and "95% CI of the mean" in table
+    assert table in first.stdout and "95% CI of the population mean" in table
     assert "Protocol budget: labels per cell = n" in table
     for name in ("scratch", "frozen", "full"):
         assert f"| {name} " in table
