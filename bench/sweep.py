@@ -39,10 +39,14 @@ def publish_report(out: Path, console: Console) -> None:
     far, its table printed. Why here: the table a sweep ends with should be the one with the
     intervals and tests, not a second, weaker summary. A report problem costs only the report."""
     from bench import plots, report
+    from bench.cache import file_lock
 
     try:
-        folder, _, notes = report.write(out)
-        notes += plots.write_all(out, folder, report.DEFAULT_METRIC)
+        # Parallel launcher jobs of one study each end here: one report at a time, or one
+        # job's figures read the tables another job is rewriting.
+        with file_lock(out / "report.lock"):
+            folder, _, notes = report.write(out)
+            notes += plots.write_all(out, folder, report.DEFAULT_METRIC)
     except BenchError as exc:
         console.print(f"warning: no report ({exc}); the records are kept: run transfer-bench "
                       f"report {out}")

@@ -114,7 +114,12 @@ def test_variance_table_splits_seed_and_test_sample(reported, tuned_study):
     # that pins down (it holds the point value, and reaches far above it)
     assert row["df seed"] == 2 and row["df test sample"] == 3 * (n - 1)
     assert row["sd seed low"] <= row["sd seed"] <= row["sd seed high"]
-    assert row["sd seed high"] > 2 * row["sd seed"]
+    # with a positive estimate, 2 df leave its upper end far above it (chi-square_2's 2.5%
+    # point is 0.05: a variance up to ~40x the mean square); a seed spread smaller than the
+    # test noise can give 0 with an upper end of 0 (the run-to-run spread is all test noise)
+    seeded = frame[(frame["df seed"] == 2) & (frame["sd seed"] > 0)]
+    assert not seeded.empty
+    assert (seeded["sd seed high"] > 2 * seeded["sd seed"]).all()
     assert "(2)" in text
 
 
