@@ -314,6 +314,17 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     # Likewise TPE, the only sampler before hpo.sampler existed.
     if plain.get("hpo", {}).get("sampler") == "tpe":
         plain["hpo"].pop("sampler")
+    # The baseline's fixed C grid is the baseline's own definition, in its cells' identity
+    # (cell_hash, via strategy_definitions) like a strategy's: a grid never touches the neural
+    # cells, so studies whose baseline rows were re-recorded on a grid keep their identity.
+    plain.get("baseline", {}).pop("grid", None)
+    # Likewise tunings that did not start at the default setting, and fits without extension.
+    if not plain.get("hpo", {}).get("start_at_default", True):
+        plain["hpo"].pop("start_at_default")
+    if not plain.get("hpo", {}).get("default_fit", True):
+        plain["hpo"].pop("default_fit")
+    if not plain.get("train", {}).get("extend_epochs", 1):
+        plain["train"].pop("extend_epochs")
     for key in GRID_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = plain
@@ -328,9 +339,28 @@ def study_hash(cfg: DictConfig) -> str:
 
 
 def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
-    """Each selected strategy's whole definition, as composed (its tuned ``space`` included)."""
+    """Each selected strategy's whole definition, as composed (its tuned ``space`` included).
+
+    A ``train`` default equal to the study's own ``train`` value, or a ``space`` entry equal to
+    ``hpo.space``'s of the same name (or any, untuned), changes nothing and is left out: a strategy that states
+    its own range (the probe's, on the TextCNN the same as everyone's) keeps the identity of
+    the studies that ran it before it said so."""
     selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
-    return {name: spec or {} for name, spec in selected.items()}
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if "space" in cfg.hpo else {}
+    untuned = not OmegaConf.select(cfg, "hpo.n_trials", default=0)  # no space is searched
+    out = {}
+    for name, spec in selected.items():
+        spec = dict(spec or {})
+        own = {k: v for k, v in (spec.pop("train", None) or {}).items() if train.get(k) != v}
+        tuned = {k: v for k, v in (spec.pop("space", None) or {}).items()
+                 if space.get(k) != v and not untuned}
+        out[name] = {**spec, **({"train": own} if own else {}),
+                     **({"space": tuned} if tuned else {})}
+    grid = OmegaConf.select(cfg, "baseline.grid", default=None)
+    if cfg.baseline.name != "none" and grid:  # the baseline's own selection rule (see below)
+        out[str(cfg.baseline.name)] = {"grid": [float(c) for c in grid]}
+    return out
 
 
 SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets

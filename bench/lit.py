@@ -172,6 +172,11 @@ class TextClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         self.train()  # after the callbacks froze their blocks (Lightning keeps module modes)
 
+    def on_train_end(self) -> None:
+        """What the fit cost in weights: those that trained at the end (gradual unfreezing
+        adds blocks on the way), the head included."""
+        self.trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         ids, y = batch
         loss = F.cross_entropy(self.model(ids), y)
@@ -283,20 +288,37 @@ class FitResult:
     seconds: float
     state_dict: dict[str, torch.Tensor]
     diverged: str | None = None  # why training stopped early, if the loss blew up
-    at_cap: bool = False         # still improving when max_epochs ended it
+    at_cap: bool = False         # still improving when the last round allowed ended it
     test_predictions: np.ndarray | None = None  # predicted class per test text, in input order
+    steps: int = 0               # optimizer steps taken
+    trainable: int = 0           # weights that trained (at the end of the fit)
+
+
+class ExtendWhileImproving(Callback):
+    """Past ``max_epochs`` rounds, a fit goes on only while each round still lowers the
+    held-out loss, up to the trainer's hard limit: a fit still improving at its nominal cap
+    gets more room by default instead of only a flag. Place it after the EarlyStopping."""
+
+    def __init__(self, stop: EarlyStopping, max_epochs: int) -> None:
+        self.stop, self.max_epochs = stop, max_epochs
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.max_epochs and self.stop.wait_count > 0:
+            trainer.should_stop = True
 
 
 def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | None,
                  test: DataLoader | None, trainer_cfg: Mapping[str, Any], max_epochs: int,
                  patience: int, min_epochs: int = 1, callbacks: Sequence[Callback] = (),
-                 logger: Any = False) -> FitResult:
+                 logger: Any = False, extend: int = 0) -> FitResult:
     """Train, then evaluate.
 
     With ``val``: early stopping on validation accuracy; the best checkpoint is evaluated (or,
     without ``test``, only the best validation score is returned: a selection fit). Without
     ``val``: exactly ``max_epochs`` rounds, and the final weights are tested -- the budget
-    protocol's final fit, whose length cross-validation chose.
+    protocol's final fit, whose length cross-validation chose. ``extend`` > 0 (with ``val``):
+    up to that many rounds past ``max_epochs`` while every round improves (at_cap then means
+    the hard limit, ``max_epochs + extend``).
     """
     quiet_lightning()
     start = time.perf_counter()
@@ -309,8 +331,10 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
         best = None if test is None or val is None else ModelCheckpoint(
             dirpath=workdir, monitor=MONITOR, mode="min", save_top_k=1, save_weights_only=True,
             filename="best")
-        extra = [c for c in (stop, history, best) if c is not None]
-        trainer = L.Trainer(max_epochs=max_epochs,
+        grow = ExtendWhileImproving(stop, max_epochs) if stop is not None and extend else None
+        extra = [c for c in (stop, grow, history, best) if c is not None]
+        limit = max_epochs + (extend if grow is not None else 0)
+        trainer = L.Trainer(max_epochs=limit,
                             min_epochs=max_epochs if val is None else min(min_epochs, max_epochs),
                             callbacks=[StopOnDivergence(), *callbacks, *extra], logger=logger,
                             enable_progress_bar=False, enable_model_summary=False,
@@ -329,11 +353,12 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
         epochs = trainer.current_epoch
         # Rounds run minus those spent waiting for an improvement that never came.
         best_epoch = epochs if stop is None else max(epochs - stop.wait_count, 1)
-        at_cap = stop is not None and epochs >= max_epochs and stop.wait_count == 0
+        at_cap = stop is not None and epochs >= limit and stop.wait_count == 0
+        cost = {"steps": int(trainer.global_step), "trainable": int(getattr(module, "trainable", 0))}
         if test is None:
             metrics = {} if stop is None else history.rounds[best_epoch - 1]
             return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
-                             _model_state(module), diverged, at_cap)
+                             _model_state(module), diverged, at_cap, **cost)
         metrics: dict[str, float] = {}
         if best is not None:
             state = torch.load(best.best_model_path, map_location="cpu",
@@ -347,7 +372,7 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
     predictions = np.empty(len(order), dtype=np.int64)
     predictions[order] = module.test_predictions
     return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
-                     _model_state(module), diverged, at_cap, predictions)
+                     _model_state(module), diverged, at_cap, predictions, **cost)
 
 
 def _model_state(module: TextClassifier) -> dict[str, torch.Tensor]:

@@ -50,6 +50,8 @@ class Fit:
     rounds: list[int] | None = None  # best round per phase (LP-FT has two phases)
     at_cap: bool = False
     test_predictions: np.ndarray | None = None
+    steps: int | None = None       # optimizer steps, all phases (neural fits)
+    trainable: int | None = None   # weights that trained
 
 
 @dataclass
@@ -76,6 +78,7 @@ class _Method:
     prep: Prepared
     source_seed: int | None = None  # recorded when the study has several source models
     selects = True                  # False: nothing to choose (no setting, no training length)
+    defaults: dict[str, Any] = {}   # its own untuned setting at config paths (a strategy's train)
 
     def subset(self, n: int, seed: int) -> np.ndarray:
         target = self.prep.target
@@ -149,6 +152,7 @@ class NeuralMethod(_Method):
             next(iter(models.values()), None) if source_seed is None else models[source_seed])
         self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
+        self.defaults = strategy.defaults
         self.prunes = True
         self.caches = prep.backbone.caches_features and strategy.probes_only
         self._features: torch.Tensor | None = None
@@ -192,7 +196,7 @@ class NeuralMethod(_Method):
              seed: int, test: bool, rounds: list[int] | None = None,
              callbacks: Sequence[Any] = (), log_as: str | None = None) -> Fit:
         prep = self.prep
-        cell = with_params(self.cfg, params)
+        cell = with_params(self.cfg, {**self.defaults, **params})
         # Rebuilt from the cell's config: tuning may set strategy keys (lr_decay, l2sp.alpha...).
         strategy = Strategy.from_config(
             self.strategy.name,
@@ -203,30 +207,34 @@ class NeuralMethod(_Method):
         model = self._build(strategy, cell)
         lr, bs = float(cell.train.lr), int(cell.train.batch_size)
         max_rounds = int(cell.train.max_epochs)
+        extend = int(cell.train.get("extend_epochs") or 0)
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
         model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed,
                                                        passes, test)
         blocks = model.blocks
         optimizer = str(cell.model.get("optimizer", "adam"))
         run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,
-                   patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs))
+                   patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs),
+                   extend=extend)
+        horizon = max_rounds + extend  # the LR schedule spans every round a fit may run
         phases = list(rounds) if rounds else None  # fixed lengths: no validation at all
         penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
                    if strategy.l2sp else None)
         schedule = config_mod.schedule_spec(cell)
-        epochs, chosen = 0, []
+        epochs, chosen, steps = 0, [], 0
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
             probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                   strategy, penalty, schedule, optimizer, max_rounds)
+                                   strategy, penalty, schedule, optimizer, horizon)
             head_only = FreezeBlocks([b for b in blocks if b != "head"])
             first = fit_and_test(probe, train, val, val, callbacks=[head_only],
                                  **{**run, **({"max_epochs": phases[0]} if phases else {})})
             model.load_state_dict(first.state_dict)  # phase 2 starts from the best head
             epochs, lr = first.epochs, lr * float(strategy.lp_ft["ft_lr_mult"])
+            steps = first.steps
             chosen.append(first.best_epoch)
             phases = phases[1:] if phases else None
         module = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                strategy, penalty, schedule, optimizer, max_rounds)
+                                strategy, penalty, schedule, optimizer, horizon)
         result = fit_and_test(module, train, val, test_loader,
                               callbacks=[freeze_callback(strategy, blocks, lr), *callbacks],
                               logger=fit_logger(self.cfg, log_as),
@@ -234,7 +242,7 @@ class NeuralMethod(_Method):
         chosen.append(result.best_epoch)
         return Fit(result.metrics, epochs + result.epochs, epochs + result.best_epoch,
                    result.seconds, result.diverged, chosen, result.at_cap,
-                   result.test_predictions)
+                   result.test_predictions, steps + result.steps, result.trainable)
 
     def describe(self) -> dict[str, Any]:
         prep, blocks = self.prep, self.prep.backbone.blocks
@@ -269,6 +277,22 @@ class BaselineMethod(_Method):
         self.prep = prep
         self.settings = OmegaConf.to_container(cfg.baseline, resolve=True)
         self.space = self.settings.get("space", {})
+        self.grid = [float(c) for c in self.settings.get("grid") or []]
+
+    def select_on_grid(self, n: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """C chosen over the whole fixed grid on the protocol's splits, whatever ``trials``
+        says: milliseconds a value, so the baseline is tuned completely in every study, and
+        studies sharing target, protocol, splits and seeds get the same records. Ties go to
+        the smaller C (the stronger regularisation)."""
+        start = time.perf_counter()
+        scored = [(C, self.select({"C": C}, n, seed)) for C in sorted(self.grid)]
+        best_c, best = max(scored, key=lambda cs: cs[1].score)  # first maximum: smallest C
+        info = {"n_trials": 0, "grid": {f"{c:g}": round(sel.score, 6) for c, sel in scored},
+                "best_value": best.score, "best_params": {"C": best_c},
+                "majority": best.majority, "fold_scores": [round(v, 6) for v in best.fold_scores],
+                "at_cap": False, "rounds": None,
+                "seconds": round(time.perf_counter() - start, 3)}
+        return {"C": best_c}, info
 
     def _fit(self, params: dict[str, Any], train: np.ndarray, val: np.ndarray | None,
              seed: int, test: bool, rounds: list[int] | None = None,

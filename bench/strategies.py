@@ -5,6 +5,8 @@ A strategy is a ``conf/strategy/<name>.yaml`` node::
     transfer: none | vectors | network   # what comes from upstream
     trainable: all | [block, ...] | k    # k = the top k blocks
     lr_mult: {block: factor}             # optional per-block learning-rate multipliers
+    train: {lr: ..., ...}                # optional: this strategy's own train.* defaults
+    space: {name: {path, low, high}}     # optional: its own search ranges (replace hpo.space's)
 
 One mechanism serves them all: :func:`build_model` decides what is initialised from where, and
 :class:`FreezeBlocks` (Lightning's ``BaseFinetuning``) freezes what must not train.
@@ -26,7 +28,7 @@ TRANSFERS = ("none", "vectors", "network")
 
 
 KEYS = ("transfer", "trainable", "lr_mult", "lr_decay", "unfreeze_every", "lp_ft", "l2sp",
-        "lora", "bitfit", "space")
+        "lora", "bitfit", "train", "space")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,9 @@ class Strategy:
     l2sp: Mapping[str, float] | None = None    # {alpha, beta}: pull towards the source weights
     lora: Mapping[str, float] | None = None    # {rank, alpha}: low-rank adapters train, not weights
     bitfit: bool = False                       # only bias terms (and the head) train
-    space: Mapping[str, Any] = field(default_factory=dict)  # extra tuned keys for this strategy
+    train: Mapping[str, Any] = field(default_factory=dict)  # own train.* defaults (untuned fits,
+    # and the first trial of every tuning): a LoRA adapter or a probe wants larger steps
+    space: Mapping[str, Any] = field(default_factory=dict)  # own or extra tuned keys
 
     @classmethod
     def from_config(cls, name: str, cfg: Mapping[str, Any], blocks: tuple[str, ...]) -> "Strategy":
@@ -52,7 +56,8 @@ class Strategy:
         strategy = cls(name, cfg.get("transfer", "network"), cfg.get("trainable", "all"),
                        dict(cfg.get("lr_mult") or {}), cfg.get("lr_decay", 1.0),
                        cfg.get("unfreeze_every"), cfg.get("lp_ft"), cfg.get("l2sp"),
-                       cfg.get("lora"), cfg.get("bitfit", False), dict(cfg.get("space") or {}))
+                       cfg.get("lora"), cfg.get("bitfit", False), dict(cfg.get("train") or {}),
+                       dict(cfg.get("space") or {}))
         strategy.trainable_blocks(blocks)  # validate now, not mid-study
         if strategy.transfer not in TRANSFERS:
             raise BenchError(f"strategy {name!r}: transfer={strategy.transfer!r}; "
@@ -75,6 +80,18 @@ class Strategy:
                 _number(name, f"{key}.{f}", spec[f], low=1e-12 if key == "lp_ft" else 0.0)
         if strategy.lora:
             _number(name, "lora.rank", strategy.lora["rank"], low=1, integer=True)
+            _number(name, "lora.alpha", strategy.lora["alpha"], low=1e-12)
+        for key, value in strategy.train.items():
+            if key in ("lr", "weight_decay"):
+                _number(name, f"train.{key}", value, low=1e-12 if key == "lr" else 0.0)
+            elif key in ("batch_size", "min_steps", "max_epochs", "patience", "min_epochs",
+                         "extend_epochs"):
+                _number(name, f"train.{key}", value, low=0 if key == "extend_epochs" else 1,
+                        integer=True)
+            else:
+                raise BenchError(f"strategy {name!r}: train.{key} is not a training default a "
+                                 "strategy may set; use lr, weight_decay, batch_size, min_steps, "
+                                 "min_epochs, max_epochs, extend_epochs or patience")
         if not isinstance(strategy.bitfit, bool):
             raise BenchError(f"strategy {name!r}: bitfit={strategy.bitfit!r}; use true or false")
         if strategy.unfreeze_every and strategy.lp_ft:
@@ -85,6 +102,11 @@ class Strategy:
             raise BenchError(f"strategy {name!r}: lora and bitfit adapt a transferred network; "
                              "set transfer: network")
         return strategy
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The strategy's own training defaults as ``{config path: value}``."""
+        return {f"train.{k}": v for k, v in self.train.items()}
 
     def trains_parameter(self, name: str) -> bool:
         """Inside a trainable block below the head: may this parameter train? (LoRA: adapter

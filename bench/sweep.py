@@ -28,7 +28,8 @@ from bench import tune as tune_mod
 from bench.cache import stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
-from bench.methods import BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection
+from bench.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
+                           with_params)
 from bench.prepare import data_provenance, prepare, resolve_size
 from bench.results import (RECORDS, Key, append_record, encode_labels, load_records,
                            make_record, record_key)
@@ -90,6 +91,12 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
                                 worker_id=int(hpo.worker_id),
                                 sampler=str(OmegaConf.select(cfg, "hpo.sampler", default="tpe")))
 
+    if start_at_default(cfg) and not study.get_trials(deepcopy=False):
+        # the untuned setting first: what tuning finds is then never worse on the selection
+        # score than hpo=none (skip_if_exists: a second worker does not queue it again)
+        study.enqueue_trial(default_setting(method, cfg), user_attrs={"default": True},
+                            skip_if_exists=True)
+
     def objective(trial: optuna.Trial) -> float:
         params = tune_mod.suggest(trial, method.space)
         trial.set_user_attr("params", params)
@@ -108,7 +115,56 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
     if info["best_value"] is None:
         raise BenchError(f"no trial of {name} finished; see the study in {study_dir}")
     info.update(study.best_trial.user_attrs.get("selection", {}))
+    first = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+             if t.user_attrs.get("default")]
+    if first:  # the untuned setting's own selection: its final fit is the `default` record
+        info["default"] = {"trial": first[0].number, "value": first[0].value,
+                           "params": dict(first[0].user_attrs.get("params", {})),
+                           **first[0].user_attrs.get("selection", {})}
     return info["best_params"], info
+
+
+DEFAULTS = "defaults.jsonl"  # per tuned replicate: the final fit at the untuned setting
+
+
+def default_fit(cfg: DictConfig) -> bool:
+    return start_at_default(cfg) and bool(OmegaConf.select(cfg, "hpo.default_fit", default=False))
+
+
+def record_default(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int,
+                   tuning: int, info: dict[str, Any], tuned: dict[str, Any], out: Path,
+                   run_id: str, labels: dict[str, int], console: Console) -> None:
+    """The replicate's final fit at its untuned setting, beside the tuned one (``defaults.jsonl``):
+    the report pairs the two per seed to show what tuning bought. The untuned setting went
+    through the same selection (the first trial), so its training length is its own. When
+    tuning kept the default, the tuned fit is that fit (same setting, seed and length)."""
+    path = out / DEFAULTS
+    if record_key(tuned) in _recorded(path):
+        return
+    default = info["default"]
+    if default["trial"] == info.get("best_trial"):
+        record = {**tuned, "params": default["params"], "default_is_best": True}
+    else:
+        summary = {"n_trials": 0, **{k: default.get(k) for k in (
+            "rounds", "at_cap", "majority", "fold_scores")}, "best_value": default["value"]}
+        try:
+            fit = method.final(default["params"], n, seed, default.get("rounds"))
+        except Diverged as exc:
+            console.print(f"warning: {method.name} n={size} seed={seed} at its default setting "
+                          f"diverged ({exc}); no default record")
+            return
+        record = {**make_record(cfg, method, size, n, seed, fit, default["params"], summary,
+                                run_id, labels, tuning), "default_is_best": False}
+    append_record(path, record)
+
+
+def start_at_default(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, "hpo.start_at_default", default=False))
+
+
+def default_setting(method: Method, cfg: DictConfig) -> dict[str, Any]:
+    """``{parameter name: value}`` of the method's untuned setting in its search space."""
+    return tune_mod.default_trial(method.space, with_params(cfg, method.defaults))
 
 
 def _selection_attrs(chosen: Selection) -> dict[str, Any]:
@@ -126,7 +182,7 @@ def replicate_path(method: Method, size: int | str, seed: int, tuning: int = 0) 
 
 def tunings(method: Method, cfg: DictConfig) -> range:
     """The tuning replicates a method runs: ``hpo.replicates`` when it is tuned, else one."""
-    tuned = int(cfg.hpo.n_trials) > 0 and method.selects
+    tuned = int(cfg.hpo.n_trials) > 0 and method.selects and not getattr(method, "grid", None)
     return range(config_mod.tuning_replicates(cfg) if tuned else 1)
 
 
@@ -136,6 +192,8 @@ def choose(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, 
     values with only the length chosen inside the protocol (``hpo.n_trials=0``)."""
     if not method.selects:
         return {}, {"n_trials": 0}
+    if getattr(method, "grid", None):
+        return method.select_on_grid(n, seed)
     if int(cfg.hpo.n_trials) > 0:
         return tune(method, cfg, size, n, seed, storage, study_dir, tuning)
     if method.prep.protocol.uses_validation_split:  # the final fit early-stops on it anyway
@@ -275,9 +333,12 @@ def run_study(cfg: DictConfig, console: Console | None = None,
                 if fit.diverged:
                     console.print(f"warning: {method.name} n={size} seed={seed}{where}: {fit.diverged}; "
                                   "evaluated from its best checkpoint before that")
-                append_record(records_path, make_record(
-                    cfg, method, size, n, int(seed), fit, params, info,
-                    run_id, prep.protocol.labels_used(n, n_val), t))
+                record = make_record(cfg, method, size, n, int(seed), fit, params, info,
+                                     run_id, prep.protocol.labels_used(n, n_val), t)
+                append_record(records_path, record)
+                if default_fit(cfg) and info.get("default"):
+                    record_default(method, cfg, size, n, int(seed), t, info, record, out,
+                                   run_id, prep.protocol.labels_used(n, n_val), console)
             bar.advance(task)
     manifest_mod.update(out, shared, run_id, {"finished": manifest_mod.now(),
                                               "cells_run": len(todo)})

@@ -113,7 +113,11 @@ def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
 
 
 def suggest(trial: Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Sample every search-space entry; returns ``{config path: value}``."""
+    """Sample every search-space entry; returns ``{config path: value}``.
+
+    ``tie: {path: factor}`` sets other keys in proportion to the sampled value: LoRA's alpha at
+    twice the rank keeps the adapter's scale alpha/rank, so a tuned rank does not also change
+    the effective step size."""
     params = {}
     for name, spec in space.items():
         if "choices" in spec:
@@ -124,12 +128,43 @@ def suggest(trial: Trial, space: Mapping[str, Mapping[str, Any]]) -> dict[str, A
             value = trial.suggest_float(name, float(spec["low"]), float(spec["high"]),
                                         log=bool(spec.get("log")))
         params[spec.get("path", name)] = value
+        for path, factor in (spec.get("tie") or {}).items():
+            params[path] = value * factor
     return params
+
+
+def default_trial(space: Mapping[str, Mapping[str, Any]], cell: Any) -> dict[str, Any]:
+    """The search-space values of the untuned setting (``{parameter name: value}``), read from
+    the cell's config, for Optuna's ``enqueue_trial``: tuning then starts where ``hpo=none``
+    would stay, so it can only add. A value outside its range raises (check_hpo says so first)."""
+    from omegaconf import OmegaConf
+
+    out = {}
+    for name, spec in space.items():
+        path = spec.get("path", name)
+        value = OmegaConf.select(cell, path, default=None)
+        if "choices" in spec:
+            if value not in list(spec["choices"]):
+                raise BenchError(f"the default {path}={value!r} is not among the choices "
+                                 f"{list(spec['choices'])} of {name}; tuning could not start there")
+        elif not (isinstance(value, (int, float)) and spec["low"] <= value <= spec["high"]):
+            raise BenchError(f"the default {path}={value!r} lies outside {name}'s range "
+                             f"[{spec['low']:g}, {spec['high']:g}]; tuning could not start there "
+                             "(widen the range or set the strategy's train default inside it)")
+        out[name] = value
+    return out
 
 
 def check_space(space: Mapping[str, Mapping[str, Any]], where: str = "hpo.space") -> None:
     for name, spec in space.items():
+        tie = spec.get("tie") or {}
+        if not isinstance(tie, Mapping) or not all(
+                isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0
+                for f in tie.values()):
+            raise BenchError(f"{where}.{name}.tie={tie!r}; give {{config path: factor > 0}}")
         if "choices" in spec:
+            if not list(spec["choices"]):
+                raise BenchError(f"{where}.{name}: choices is empty")
             continue
         low, high = spec.get("low"), spec.get("high")
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
