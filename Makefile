@@ -41,10 +41,9 @@ strategies: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_strategies $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_strategies
 
-## minilm: regenerate the committed MiniLM study (50 and 200 labels, then 1,000; 3 seeds)
+## minilm: run or resume the committed MiniLM study (10 strategies, 50/200/1,000 labels, 5 seeds; days on a 2-core CPU)
 minilm: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm $(ARGS)
-	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm_1000 $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_minilm
 
 ## multisource: regenerate the committed multi-source studies (product reviews, Reuters R8)

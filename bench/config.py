@@ -93,8 +93,28 @@ def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
         raise BenchError(f"{key}={value!r}; it must be a positive {kind.__name__}")
 
 
+def check_precision(cfg: DictConfig) -> None:
+    """bf16 only where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 / AMX): elsewhere it is emulated, slower than fp32, and no saving to measure."""
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default=None) or "")
+    if "bf16" not in precision:
+        return
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    native = torch.cuda.is_bf16_supported() if gpu else bool(
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    if not native:
+        raise BenchError(f"trainer.precision={precision} needs bf16 hardware ("
+                         f"{'this GPU lacks it' if gpu else 'this CPU has no AVX512-BF16 or AMX'}); "
+                         "leave trainer.precision unset (fp32)")
+
+
 def check(cfg: DictConfig) -> None:
     """Raise :class:`BenchError` for the first bad value; touches no file."""
+    check_precision(cfg)
     if OmegaConf.is_missing(cfg, "study"):
         raise BenchError("no study name; pick an experiment (experiment=movie_to_amazon) or set study=NAME")
     for prefix, node in (("data.source", cfg.data.source), ("data.target", cfg.data.target),
@@ -293,6 +313,17 @@ def check_hpo(cfg: DictConfig) -> None:
             if OmegaConf.select(cfg, path, default=None) is None:
                 raise BenchError(f"{where}.{name} sets {path!r}, which is not a config key; use "
                                  "a key such as train.lr, train.weight_decay or model.dropout")
+    if OmegaConf.select(cfg, "hpo.start_at_default", default=False) and hpo.mode == "grid":
+        from bench.tune import default_trial
+
+        for strategy in strategies(cfg):  # the first trial is the default: it must be in range
+            cell = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+            for path, value in strategy.defaults.items():
+                OmegaConf.update(cell, path, value, merge=False)
+            try:
+                default_trial({**spaces["hpo.space"], **dict(strategy.space)}, cell)
+            except BenchError as exc:
+                raise BenchError(f"strategy {strategy.name!r}: {exc}") from None
     if cfg.baseline.name != "none":
         check_space(OmegaConf.to_container(cfg.baseline.space, resolve=True), "baseline.space")
     make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True))

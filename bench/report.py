@@ -38,7 +38,8 @@ from bench.errors import BenchError
 from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_markdown, variance_table)
 from bench.transferability import ESTIMATES
-from bench.results import RECORDS, hpo_table, load_records, record_problems, size_order
+from bench.results import (DEFAULTS, RECORDS, hpo_table, load_records, record_problems,
+                           size_order)
 
 REPORT_DIR = "report"
 DEFAULT_METRIC = "test_acc"
@@ -139,6 +140,9 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
                      "tuning": int(r.get("tuning") or 0),
                      "score": float(r["metrics"][metric]), "correct": correct,
                      "fit_seconds": float(r.get("seconds") or 0.0),
+                     "select_seconds": float((r.get("selection") or {}).get("seconds") or 0.0),
+                     "steps": r.get("steps"), "trainable": r.get("trainable"),
+                     "at_cap": "at_cap" in (r.get("flags") or []),
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
                      "pruned": (r.get("hpo") or {}).get("n_pruned"),
@@ -453,6 +457,100 @@ def protocol_line(df: pd.DataFrame) -> str:
     return " ".join(parts)
 
 
+def tuning_gain_table(df: pd.DataFrame, defaults: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """What tuning bought: each tuned cell minus the same replicates' final fits at the
+    strategy's untuned default (``defaults.jsonl``), paired over seeds and test examples as
+    gains are, Holm over the table. The suite's own hyperparameter question: does tuning
+    matter for this strategy at this budget?"""
+    rows = []
+    for strategy in order:
+        for size in sorted(defaults["size"].unique(), key=size_order):
+            a = df[(df["strategy"] == strategy) & (df["size"] == size)]
+            b = defaults[(defaults["strategy"] == strategy) & (defaults["size"] == size)]
+            if a.empty or b.empty:
+                continue
+            a = a[a["seed"].isin(set(b["seed"]))]
+            est = paired(a, b)
+            if est is None:
+                continue
+            kept = int(b["default_is_best"].sum())
+            rows.append({"strategy": strategy, "size": size, "pairs": est.seeds,
+                         "tuned": float(a["score"].mean()), "default": float(b["score"].mean()),
+                         "gain": est.mean, "ci_low": est.low, "ci_high": est.high, "p": est.p,
+                         "default_kept": kept})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    out["p_holm"] = stats.holm(out["p"].tolist())
+    out["verdict"] = ["too few seeds" if math.isnan(p) else
+                      ("tuning helped" if g > 0 else "tuning hurt") if p < ALPHA else
+                      "no significant difference" for p, g in zip(out["p_holm"], out["gain"])]
+    return out
+
+
+def tuning_gain_files(study_dir: Path, df: pd.DataFrame, order: list[str], name: str,
+                      metric: str) -> dict[str, str]:
+    path = study_dir / DEFAULTS
+    if not path.exists():
+        return {}
+    records = load_records(path)
+    if not records:
+        return {}
+    defaults = frame(records, metric, legacy_validation(study_dir), test_labels(study_dir))
+    defaults["default_is_best"] = [bool(r.get("default_is_best")) for r in records
+                                   if metric in r["metrics"]]
+    table = tuning_gain_table(df, defaults, order)
+    if table.empty:
+        return {}
+    shown = pd.DataFrame({
+        "strategy": table["strategy"], "size": table["size"], "seeds": table["pairs"],
+        "tuned": table["tuned"].map(lambda v: f"{v:.3f}"),
+        "default": table["default"].map(lambda v: f"{v:.3f}"),
+        "tuning bought": table["gain"].map(lambda v: f"{v:+.3f}"),
+        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "p (Holm)": table["p_holm"].map(_fmt_p),
+        "default kept": [f"{k}/{n}" for k, n in zip(table["default_kept"], table["pairs"])],
+        "verdict": table["verdict"]})
+    return {
+        "tuning_gain.md": (
+            f"{name}: what tuning bought, {metric} of the tuned fit minus the untuned default's "
+            "on the same replicates\n\n" + protocol_line(df) + "\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True)
+            + "\n\nEvery tuning started at the strategy's default setting (its first trial), so "
+            "the tuned setting is never worse on the selection score; on test it can be. "
+            "'default kept': replicates whose tuning chose the default itself (the same fit). "
+            "Paired as gains.md (seeds x test examples); Holm over this table's rows, "
+            f"alpha {ALPHA}.\n"),
+        "tuning_gain.csv": table.round(6).to_csv(index=False, lineterminator="\n"),
+    }
+
+
+def cost_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per cell: accuracy beside what it cost (medians over replicates): trainable weights,
+    the final fit's optimizer steps and seconds, selection seconds (every trial's CV folds),
+    and the share of fits that ended at their hard round limit."""
+    neural = df[df["steps"].notna()]
+    rows = []
+    for (strategy, size), g in neural.groupby(["strategy", "size"], sort=False):
+        rows.append({"strategy": strategy, "size": size, "runs": len(g),
+                     "mean": float(g["score"].mean()),
+                     "trainable weights": int(g["trainable"].median()),
+                     "steps (final fit)": int(g["steps"].median()),
+                     "final fit s": float(g["fit_seconds"].median()),
+                     # a tuning's seconds hold every trial's folds; untuned: the one selection
+                     "selection s": float(g["tune_seconds"].where(g["tune_seconds"] > 0,
+                                                                  g["select_seconds"]).median()),
+                     "at cap": f"{int(g['at_cap'].sum())}/{len(g)}"})
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    largest = out["trainable weights"].max()
+    out.insert(5, "% of largest", (100 * out["trainable weights"] / largest).round(3))
+    rank = {s: i for i, s in enumerate(order)}
+    out["_o"] = [(size_order(z), rank.get(s, 99)) for z, s in zip(out["size"], out["strategy"])]
+    return out.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
 def _fmt_p(p: float) -> str:
     return "n/a" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
@@ -608,6 +706,23 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
             + edges.to_markdown(index=False, disable_numparse=True)
             + f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
             "ranges) of an end: the range may have bound the search; widen it and rerun.\n")
+
+    files.update(tuning_gain_files(study_dir, df, order, name, metric))
+    cost = cost_table(df, order)
+    if not cost.empty:
+        capped = int(df.loc[df["steps"].notna(), "at_cap"].sum())
+        shown = cost.assign(**{"mean": cost["mean"].map(lambda v: f"{v:.3f}"),
+                               "final fit s": cost["final fit s"].map(lambda v: f"{v:.1f}"),
+                               "selection s": cost["selection s"].map(lambda v: f"{v:.0f}")})
+        files["cost.md"] = (
+            f"{name}: what each strategy costs, beside its {metric}\n\n" + protocol_line(df)
+            + "\n\n" + shown.to_markdown(index=False, disable_numparse=True)
+            + f"\n\nMedians over the cell's replicates; device: "
+            f"{', '.join(sorted(set(df['device'])))}. {capped} of "
+            f"{int(df['steps'].notna().sum())} neural final fits carry at_cap (still improving "
+            "at the last round allowed). Selection s: every trial's folds, the default's "
+            "included.\n")
+        files["cost.csv"] = cost.round(6).to_csv(index=False, lineterminator="\n")
 
     tuning = hpo_table(records)
     if not tuning.empty:

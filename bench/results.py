@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from bench import config as config_mod
 
 RECORDS = "records.jsonl"
+DEFAULTS = "defaults.jsonl"  # per tuned replicate: its final fit at the untuned setting
 
 
 Key = tuple[str, str, int, "int | None", int]

@@ -31,7 +31,7 @@ from bench.lit import Diverged, quiet_lightning
 from bench.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
                            with_params)
 from bench.prepare import data_provenance, prepare, resolve_size
-from bench.results import (RECORDS, Key, append_record, encode_labels, load_records,
+from bench.results import (DEFAULTS, RECORDS, Key, append_record, encode_labels, load_records,
                            make_record, record_key)
 
 
@@ -122,9 +122,6 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
                            "params": dict(first[0].user_attrs.get("params", {})),
                            **first[0].user_attrs.get("selection", {})}
     return info["best_params"], info
-
-
-DEFAULTS = "defaults.jsonl"  # per tuned replicate: the final fit at the untuned setting
 
 
 def default_fit(cfg: DictConfig) -> bool:

@@ -83,7 +83,7 @@ def small_study_overrides(data: dict[str, Path], results: Path, cache: Path, hpo
         "embeddings=word2vec", f"embeddings.corpus={LEE}", "embeddings.dim=16",
         "embeddings.epochs=3", "model.embedding_dim=16", "model.maps=8",
         "source.max_epochs=3", "train.min_epochs=2", "train.max_epochs=4", "train.patience=2",
-        "train.min_steps=8",
+        "train.min_steps=8", "train.extend_epochs=2",
         "data.sizes=[20,100]", "seeds=[0,1]",
     ]
 

