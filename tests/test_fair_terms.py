@@ -82,7 +82,7 @@ def test_textcnn_studies_keep_their_identity():
         assert study_hash(compose_config([f"experiment={name}"])) == recorded
 
 
-@pytest.mark.parametrize("override, expected", [
+BAD = [
     ("strategy.lora.lora.rank=0", "lora.rank=0"),
     ("strategy.lora.lora.alpha=-1", "lora.alpha=-1"),
     ("+strategy.lora.space.dropout={path:model.nope,low:0.0,high:0.5}", "not a config key"),
@@ -90,13 +90,23 @@ def test_textcnn_studies_keep_their_identity():
     ("+strategy.bitfit.train.momentum=0.9", "train.momentum is not a training default"),
     *([("+trainer.precision=bf16-mixed", "needs bf16 hardware")]
       if not torch.cpu._is_avx512_bf16_supported() and not torch.cuda.is_available() else []),
-])
-def test_bad_strategy_settings_are_one_line_and_write_nothing(tmp_path, override, expected):
-    proc = run_cli("sweep", *MINILM, "strategy=[lora,bitfit]", "data.sizes=[50]", "seeds=[0]",
-                   f"paths.results={tmp_path}", override)
+]
+
+
+@pytest.mark.parametrize("override, expected", BAD)
+def test_bad_strategy_settings_are_refused_before_anything_runs(override, expected):
+    from bench.config import check
+
+    with pytest.raises(BenchError, match=expected.replace(".", r"\.").replace("+", r"\+")):
+        check(compose_config([*MINILM, "strategy=[lora,bitfit]", override]))
+
+
+def test_a_bad_strategy_setting_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    proc = run_cli("sweep", *MINILM, "strategy=[lora,bitfit]", f"paths.results={tmp_path}",
+                   "strategy.lora.train.lr=1.0e-6")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error: strategy 'lora'"), lines
     assert not any(tmp_path.iterdir())
 
 
