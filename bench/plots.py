@@ -233,6 +233,31 @@ def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
     return _save(fig, out, "transferability")
 
 
+def cost_plot(cells: pd.DataFrame, cost: pd.DataFrame, order: list[str], metric: str,
+              out: Path) -> list[str]:
+    """Accuracy (with its interval) against trained weights, one panel per size: where
+    LoRA or BitFit matches full fine-tuning at a fraction of the weights can be read off it."""
+    sizes = sorted(cost["size"].unique(), key=size_order)
+    styles = _styles(order)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.6 * len(sizes), 3.2), squeeze=False,
+                             sharey=True)
+    for ax, size in zip(axes[0], sizes):
+        for _, c in cost[cost["size"] == size].iterrows():
+            cell = cells[(cells["strategy"] == c["strategy"]) & (cells["size"] == size)].iloc[0]
+            style = styles[c["strategy"]]
+            ax.errorbar([c["trainable weights"]], [cell["mean"]],
+                        yerr=[[cell["mean"] - cell["ci_low"]], [cell["ci_high"] - cell["mean"]]],
+                        fmt=style["marker"], color=style["color"], capsize=2,
+                        label=c["strategy"])
+        ax.set_xscale("log")
+        ax.set_title(f"n={size}", fontsize=9)
+        ax.set_xlabel("trained weights (final fit)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{metric} (95% CI)")
+    _legend(axes[0][-1], len(cost["strategy"].unique()))
+    return _save(fig, out, "cost")
+
+
 def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     """Every figure the study's data allows; returns notes on what was skipped and why."""
     notes: list[str] = []
@@ -248,6 +273,9 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
                             f"{study_dir.name}\n{report_mod.protocol_line(df)}", out)
         else:
             notes.append("learning curves need at least two sizes")
+        cost = report_mod.cost_table(df, order)
+        if not cost.empty:
+            cost_plot(cells, cost, order, metric, out)
         try:
             trials = trials_frame(study_dir, records)
         except Exception as exc:  # noqa: BLE001 - a missing or unreachable storage only costs plots
