@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
+.PHONY: run test test-studies reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -84,7 +84,11 @@ benchmark: $(STAMP)
 
 ## test: the test suite, two worker processes (pytest-xdist) of one torch thread each
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not studies" $(PYTEST_ARGS)
+
+## test-studies: rerun one recorded cell of every committed study (CI runs it after make test)
+test-studies: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m studies $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -147,7 +147,7 @@ def test_the_baseline_is_tuned_on_its_whole_grid_and_shared_across_backbones(
     study on the same target, protocol, splits and seeds get the same baseline records."""
     grid = list(compose_config([]).baseline.grid)
     assert len(grid) >= 12 and min(grid) <= 1e-2 and max(grid) >= 1e5
-    common = ["baseline=tfidf_logreg", "data.sizes=[20,100]", "seeds=[0,1]"]
+    common = ["baseline=tfidf_logreg", "data.sizes=[40]", "seeds=[0,1]"]
     textcnn = run_cli("sweep", *small_study_overrides(small_data, tmp_path / "a", tmp_path / "c"),
                       "strategy=[scratch]", *common)
     bert = run_cli("sweep", *bert_study(small_data, tmp_path / "b", tmp_path / "c", tiny_bert,
@@ -163,7 +163,7 @@ def test_the_baseline_is_tuned_on_its_whole_grid_and_shared_across_backbones(
                 for r in rows if r["strategy"] == "tfidf_logreg"}
 
     a, b = baseline(tmp_path / "a"), baseline(tmp_path / "b")
-    assert len(a) == 4 and a == b
+    assert len(a) == 2 and a == b
     for metrics, params, scores, _ in a.values():
         assert len(scores) == len(grid)
         assert scores[f"{params['C']:g}"] == max(scores.values())
