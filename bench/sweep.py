@@ -291,7 +291,11 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     def key(m: Method, size: int | str, seed: int, t: int) -> Key:
         return (m.name, str(size), int(seed), m.source_seed, t)
 
-    cells = [(m, size) for size in sizes for m in methods]
+    # The baselines first, every size (seconds in all): a study stopped early still has its
+    # floor and its classical reference; then the neural cells size by size.
+    cheap = [m for m in methods if isinstance(m, (BaselineMethod, MajorityMethod))]
+    cells = [(m, size) for m in cheap for size in sizes] + \
+        [(m, size) for size in sizes for m in methods if m not in cheap]
     todo = [(m, size) for m, size in cells
             if any(key(m, size, seed, t) not in done for seed in cfg.seeds
                    for t in tunings(m, cfg))]
