@@ -29,6 +29,7 @@ from bench.data.splits import training_subset
 from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
 from bench.models.transformer import Probe, frozen_features
 from bench.prepare import Prepared, trainer_kwargs
+from bench.schedule import is_constant
 from bench.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
 
 
@@ -207,7 +208,11 @@ class NeuralMethod(_Method):
         model = self._build(strategy, cell)
         lr, bs = float(cell.train.lr), int(cell.train.batch_size)
         max_rounds = int(cell.train.max_epochs)
-        extend = int(cell.train.get("extend_epochs") or 0)
+        schedule = config_mod.schedule_spec(cell)
+        # Extension only at a constant LR: a decaying schedule (linear warm-up and decay, the
+        # slanted triangle) is laid over max_epochs and ends near 0, where more rounds cannot
+        # help; stretching it instead would change the LR path of every fit, short ones too.
+        extend = int(cell.train.get("extend_epochs") or 0) if is_constant(schedule) else 0
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
         model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed,
                                                        passes, test)
@@ -216,11 +221,10 @@ class NeuralMethod(_Method):
         run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,
                    patience=int(cell.train.patience), min_epochs=int(cell.train.min_epochs),
                    extend=extend)
-        horizon = max_rounds + extend  # the LR schedule spans every round a fit may run
+        horizon = max_rounds  # a decaying LR schedule spans the nominal rounds
         phases = list(rounds) if rounds else None  # fixed lengths: no validation at all
         penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
                    if strategy.l2sp else None)
-        schedule = config_mod.schedule_spec(cell)
         epochs, chosen, steps = 0, [], 0
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
             probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
