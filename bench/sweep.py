@@ -155,6 +155,19 @@ def record_default(method: Method, cfg: DictConfig, size: int | str, n: int, see
     append_record(path, record)
 
 
+def finish_default(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int,
+                   tuning: int, records_path: Path, out: Path, run_id: str,
+                   labels: dict[str, int], console: Console) -> None:
+    """The default record of an already tuned replicate, from what its record kept of the
+    first trial (setting, length): no tuning is repeated."""
+    wanted = (method.name, str(size), seed, method.source_seed, tuning)
+    tuned = next((r for r in load_records(records_path) if record_key(r) == wanted), None)
+    info = (tuned or {}).get("hpo") or {}
+    if tuned is None or not info.get("default") or wanted in _recorded(out / DEFAULTS):
+        return
+    record_default(method, cfg, size, n, seed, tuning, info, tuned, out, run_id, labels, console)
+
+
 def start_at_default(cfg: DictConfig) -> bool:
     return bool(OmegaConf.select(cfg, "hpo.start_at_default", default=False))
 
@@ -319,6 +332,9 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             n = resolve_size(size, prep.target)
             for seed, t in ((s, t) for s in cfg.seeds for t in tunings(method, cfg)):
                 if key(method, size, seed, t) in done | _recorded(records_path):
+                    if default_fit(cfg):  # a run stopped between a tuned fit and its default's
+                        finish_default(method, cfg, size, n, int(seed), t, records_path, out,
+                                       run_id, prep.protocol.labels_used(n, n_val), console)
                     continue  # recorded before this run, or meanwhile by another worker
                 where = "".join(f" {axis}" for axis in
                                 replicate_path(method, size, seed, t).split("/")[3:])

@@ -133,6 +133,20 @@ def test_tuning_starts_at_the_default_and_the_report_shows_what_it_bought(small_
         assert d["default_is_best"] == (t["hpo"]["best_trial"] == 0)
         if d["default_is_best"]:
             assert d["metrics"] == t["metrics"]
+    # a run stopped between a tuned fit and its default's: the next run adds the default
+    # from what the tuned record kept, without tuning again
+    lines = (study / "defaults.jsonl").read_text().splitlines(keepends=True)
+    (study / "defaults.jsonl").write_text("".join(lines[1:]))
+    trials = sum(len(optuna.load_study(study_name=n, storage=storage).trials) for n in names)
+    again = run_cli("sweep", *args)
+    assert again.returncode == 0, again.stderr
+    removed = json.loads(lines[0])
+    now = [json.loads(line) for line in (study / "defaults.jsonl").read_text().splitlines()]
+    back = [d for d in now if d["seed"] == removed["seed"]]
+    assert len(now) == 3 and len(back) == 1
+    assert back[0]["metrics"] == removed["metrics"]  # the same fit again
+    assert sum(len(optuna.load_study(study_name=n, storage=storage).trials)
+               for n in names) == trials
     table = (study / "report" / "tuning_gain.md").read_text()
     assert "what tuning bought" in table and "| frozen" in table
     gains = __import__("pandas").read_csv(study / "report" / "tuning_gain.csv")
