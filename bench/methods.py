@@ -204,6 +204,8 @@ class NeuralMethod(_Method):
             OmegaConf.to_container(cell.strategy[self.strategy.name], resolve=True) or {},
             prep.backbone.blocks)
         target = prep.target
+        if self.caches:  # before seeding: building the body for its features draws random
+            self.features()  # numbers, which would shift the head's dropout masks
         L.seed_everything(seed, workers=True, verbose=False)
         model = self._build(strategy, cell)
         lr, bs = float(cell.train.lr), int(cell.train.batch_size)

@@ -295,7 +295,10 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     if int(OmegaConf.select(cfg, "hpo.worker_id", default=0) or 0) == 0:
         from bench.transferability import record_estimates
 
-        record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
+        from bench.cache import file_lock
+
+        with file_lock(out / "report.lock"):  # a parallel job's report reads these estimates
+            record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
     if cfg.hpo.mode == "pareto":
         from bench.pareto import run_pareto
 

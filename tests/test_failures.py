@@ -38,7 +38,7 @@ def test_diverging_trials_are_pruned_with_the_reason_and_the_study_goes_on(tmp_p
         assert t.params["lr"] > 1.0
     assert any(t.state == TrialState.COMPLETE for t in study.trials)
     assert [r["strategy"] for r in load_records(tmp_path / "small" / "records.jsonl")] == [
-        "full", "majority"]
+        "majority", "full"]  # the baselines run first
 
 
 def test_a_diverging_final_fit_is_evaluated_from_before_the_divergence(tmp_path, small_data, cache):

@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from bench.config import compose_config
 from bench.pareto import dominated
 from bench.results import load_records
 from conftest import cell_study, run_cli, small_study_overrides
@@ -75,7 +76,10 @@ def test_each_replicate_is_tuned_inside_its_own_labels_prunes_and_is_recorded(tm
         # the sampler searched, it did not sit on one value
         assert len({round(t.params["lr"], 8) for t in study.trials}) == len(study.trials)
     assert pruned >= 1
-    assert len({r["params"]["train.lr"] for r in records.values()}) == 3  # own sampler seeds
+    # every tuning starts at the default (train.lr), then each replicate's own sampler seed
+    firsts = [_study(tmp_path, "small/scratch/n=100", seed).trials[:2] for seed in records]
+    assert all(t[0].params["lr"] == 1e-3 and t[0].user_attrs["default"] for t in firsts)
+    assert len({round(t[1].params["lr"], 10) for t in firsts}) == 3
     report = run_cli("report", str(tmp_path / "small"))
     assert report.returncode == 0 and "tuning per cell (pruning saved about" in report.stdout
 
@@ -226,7 +230,10 @@ def test_tfidf_baseline_is_tuned_on_the_same_cells(tmp_path, small_data, cache):
     assert proc.returncode == 0, proc.stderr
     records = load_records(tmp_path / "small" / "records.jsonl")
     base = [r for r in records if r["strategy"] == "tfidf_logreg"]
-    assert len(base) == 2 and all(r["params"] == {} and r["hpo"] is None for r in base)
+    grid = [float(c) for c in compose_config([]).baseline.grid]
+    # an untuned study still chooses C over the whole grid on the cell's folds
+    assert len(base) == 2 and all(r["params"]["C"] in grid and r["hpo"] is None for r in base)
+    assert all(len(r["selection"]["grid"]) == len(grid) for r in base)
     assert all(r["metrics"]["test_acc"] > 0.6 for r in base)  # the cue words are learnable
     tuned = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache, hpo="tpe",
                                                     baseline="tfidf_logreg"),
@@ -234,8 +241,19 @@ def test_tfidf_baseline_is_tuned_on_the_same_cells(tmp_path, small_data, cache):
                     "study=tuned_baseline")
     assert tuned.returncode == 0, tuned.stderr
     records = load_records(tmp_path / "tuned_baseline" / "records.jsonl")
-    (base,) = [r for r in records if r["strategy"] == "tfidf_logreg"]
-    assert set(base["params"]) == {"C"} and base["hpo"]["n_trials"] == 5
+    (again,) = [r for r in records if r["strategy"] == "tfidf_logreg"]
+    # whatever the trials, the same grid on the same folds: the same record
+    first = next(r for r in base if r["seed"] == 0)
+    assert again["params"] == first["params"] and again["metrics"] == first["metrics"]
+    # with the grid switched off, the old rule: Optuna with the study's trials
+    old = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache, hpo="tpe",
+                                                  baseline="tfidf_logreg"),
+                  "strategy=[scratch]", "hpo.n_trials=3", "data.sizes=[100]", "seeds=[0]",
+                  "baseline.grid=null", "study=optuna_baseline")
+    assert old.returncode == 0, old.stderr
+    (optuna_base,) = [r for r in load_records(tmp_path / "optuna_baseline" / "records.jsonl")
+                      if r["strategy"] == "tfidf_logreg"]
+    assert set(optuna_base["params"]) == {"C"} and optuna_base["hpo"]["n_trials"] == 3
 
 
 def test_two_multi_worker_sweeps_share_one_postgresql_study(postgres, tmp_path, small_data,
