@@ -173,7 +173,10 @@ def start_at_default(cfg: DictConfig) -> bool:
 
 
 def default_setting(method: Method, cfg: DictConfig) -> dict[str, Any]:
-    """``{parameter name: value}`` of the method's untuned setting in its search space."""
+    """``{parameter name: value}`` of the method's untuned setting in its search space (the
+    baseline's own keys, e.g. ``C``, live in ``baseline.*``)."""
+    if isinstance(method, BaselineMethod):
+        return tune_mod.default_trial(method.space, OmegaConf.create(method.settings))
     return tune_mod.default_trial(method.space, with_params(cfg, method.defaults))
 
 
