@@ -315,9 +315,16 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     cheap = [m for m in methods if isinstance(m, (BaselineMethod, MajorityMethod))]
     cells = [(m, size) for m in cheap for size in sizes] + \
         [(m, size) for size in sizes for m in methods if m not in cheap]
+    # a tuned neural replicate also owes its default's fit (hpo.default_fit)
+    owed = _recorded(out / DEFAULTS) if default_fit(cfg) and tuning else None
+
+    def missing(m: Method, size: int | str, seed: int, t: int) -> bool:
+        k = key(m, size, seed, t)
+        return k not in done or (owed is not None and isinstance(m, NeuralMethod)
+                                 and k not in owed)
+
     todo = [(m, size) for m, size in cells
-            if any(key(m, size, seed, t) not in done for seed in cfg.seeds
-                   for t in tunings(m, cfg))]
+            if any(missing(m, size, seed, t) for seed in cfg.seeds for t in tunings(m, cfg))]
     # Workers sharing the study start at their own share of the list, so they seldom run the
     # same cell at once (one that is recorded meanwhile is skipped); tuned cells would share
     # trials anyway, untuned ones would otherwise all run the same fits.
