@@ -669,8 +669,10 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         from bench import source_choice
 
         estimates = source_choice.estimates_frame(estimates_path)
-        if not estimates.empty:
-            result = source_choice.analyse(df, estimates, paired)
+        result = source_choice.analyse(df, estimates, paired) if not estimates.empty else None
+        # no source table yet: estimates are recorded before any fine-tuning, so a report made
+        # before the first transferring strategy's records (a parallel job's) has none
+        if result is not None and not result["sources"].empty:
             files["transferability.md"] = source_choice.markdown(result, name, metric)
             files["transferability.csv"] = result["sources"].round(6).to_csv(
                 index=False, lineterminator="\n")

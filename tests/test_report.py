@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +287,17 @@ def test_rows_follow_the_study_not_the_order_workers_recorded_them():
         "majority"]
     # without the study's list: sources in the order they first appear
     assert strategy_order(names, records)[:4] == ["scratch", "frozen@b", "frozen@a", "frozen@c"]
+
+
+def test_a_report_before_any_transferring_records_has_no_source_table(tuned_study, tmp_path):
+    """Estimates are recorded before fine-tuning: a report made while only scratch has records
+    (a parallel launcher job's, say) must not fail on the empty source table."""
+    copy = tmp_path / "early"
+    shutil.copytree(tuned_study, copy, ignore=shutil.ignore_patterns("report"))
+    assert (copy / "transferability.jsonl").exists()
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    (copy / "records.jsonl").write_text("".join(
+        line for line in lines if json.loads(line)["strategy"] in ("scratch", "majority")))
+    proc = run_cli("report", str(copy), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert not (copy / "report" / "transferability.md").exists()
