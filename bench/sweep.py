@@ -25,7 +25,7 @@ from bench import config as config_mod
 from bench import manifest as manifest_mod
 from bench import studydir
 from bench import tune as tune_mod
-from bench.cache import stable_hash
+from bench.cache import file_lock, stable_hash
 from bench.errors import BenchError
 from bench.lit import Diverged, quiet_lightning
 from bench.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
@@ -40,7 +40,6 @@ def publish_report(out: Path, console: Console) -> None:
     far, its table printed. Why here: the table a sweep ends with should be the one with the
     intervals and tests, not a second, weaker summary. A report problem costs only the report."""
     from bench import plots, report
-    from bench.cache import file_lock
 
     try:
         # Parallel launcher jobs of one study each end here: one report at a time, or one
@@ -163,8 +162,8 @@ def finish_default(method: Method, cfg: DictConfig, size: int | str, n: int, see
     wanted = (method.name, str(size), seed, method.source_seed, tuning)
     tuned = next((r for r in load_records(records_path) if record_key(r) == wanted), None)
     info = (tuned or {}).get("hpo") or {}
-    if tuned is None or not info.get("default") or wanted in _recorded(out / DEFAULTS):
-        return
+    if tuned is None or not info.get("default"):
+        return  # record_default skips a replicate whose default is recorded
     record_default(method, cfg, size, n, seed, tuning, info, tuned, out, run_id, labels, console)
 
 
@@ -298,10 +297,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     if int(OmegaConf.select(cfg, "hpo.worker_id", default=0) or 0) == 0:
         from bench.transferability import record_estimates
 
-        from bench.cache import file_lock
-
-        with file_lock(out / "report.lock"):  # a parallel job's report reads these estimates
-            record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
+        record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
     if cfg.hpo.mode == "pareto":
         from bench.pareto import run_pareto
 
