@@ -54,10 +54,28 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
+def selected_strategies(cfg: DictConfig) -> dict[str, dict]:
+    """The strategies chosen with ``strategy=[...]``, name -> composed node. An experiment may
+    set a strategy's own values (``strategy.discriminative.lr_decay``) for when it is chosen;
+    when ``strategy=[...]`` leaves it out, that node holds no ``transfer`` and is not a choice.
+    A node without ``transfer`` and without a file in conf/strategy/ is a typo: say so."""
+    nodes = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
+    out = {}
+    for name, spec in nodes.items():
+        spec = dict(spec or {})
+        if "transfer" in spec:
+            out[name] = spec
+        elif not (config_dir() / "strategy" / f"{name}.yaml").is_file():
+            raise BenchError(f"strategy.{name} names no strategy (no conf/strategy/{name}.yaml "
+                             f"and no transfer: key); the strategies: "
+                             f"{', '.join(sorted(p.stem for p in (config_dir() / 'strategy').glob('*.yaml')))}")
+    return out
+
+
 def strategies(cfg: DictConfig) -> list[Strategy]:
     """The selected strategies, checked against the model's blocks and kind."""
     blocks = models.blocks(cfg.model)
-    selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
+    selected = selected_strategies(cfg)
     if not selected:
         raise BenchError("no strategy selected; e.g. strategy=[scratch,full]")
     transformer = models.is_transformer(cfg.model)
@@ -376,7 +394,7 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
     ``hpo.space``'s of the same name (or any, untuned), changes nothing and is left out: a strategy that states
     its own range (the probe's, on the TextCNN the same as everyone's) keeps the identity of
     the studies that ran it before it said so."""
-    selected = OmegaConf.to_container(cfg.strategy, resolve=True) or {}
+    selected = selected_strategies(cfg)
     train = OmegaConf.to_container(cfg.train, resolve=True)
     space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if "space" in cfg.hpo else {}
     untuned = not OmegaConf.select(cfg, "hpo.n_trials", default=0)  # no space is searched

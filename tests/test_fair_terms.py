@@ -82,6 +82,21 @@ def test_textcnn_studies_keep_their_identity():
         assert study_hash(compose_config([f"experiment={name}"])) == recorded
 
 
+def test_an_experiments_strategy_settings_do_not_choose_the_strategy():
+    """The MiniLM experiment sets discriminative's lr_decay; choosing other strategies on the
+    command line leaves discriminative out (it used to join as a half definition, and then
+    block the full study from resuming)."""
+    from bench.config import strategy_definitions
+
+    cfg = compose_config([*MINILM, "strategy=[frozen]"])
+    assert [s.name for s in strategies(cfg)] == ["frozen"]
+    assert set(strategy_definitions(cfg)) == {"frozen", "tfidf_logreg"}
+    chosen = compose_config([*MINILM, "strategy=[frozen,discriminative]"])
+    assert strategy_definitions(chosen)["discriminative"]["lr_decay"] == 1.2
+    with pytest.raises(BenchError, match="strategy.fulll names no strategy"):
+        strategies(compose_config([*MINILM, "+strategy.fulll.train.lr=1.0e-4"]))
+
+
 BAD = [
     ("strategy.lora.lora.rank=0", "lora.rank=0"),
     ("strategy.lora.lora.alpha=-1", "lora.alpha=-1"),
