@@ -137,6 +137,7 @@ class NeuralMethod(_Method):
     On a transformer, a strategy that trains the head alone on a body that never changes
     (``frozen``) runs the body once per text (:meth:`features`) and trains the head on those
     cached features: the same model and the same arithmetic, seconds instead of minutes.
+    LP-FT's first stage (the head alone on the transferred body) runs on the same cache.
     """
 
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
@@ -156,6 +157,7 @@ class NeuralMethod(_Method):
         self.defaults = strategy.defaults
         self.prunes = True
         self.caches = prep.backbone.caches_features and strategy.probes_only
+        self.caches_probe_stage = prep.backbone.caches_features and strategy.probe_stage_cacheable
         self._features: torch.Tensor | None = None
 
     def features(self) -> torch.Tensor:
@@ -180,6 +182,12 @@ class NeuralMethod(_Method):
             return (model, target.loader(train_idx, bs, True, seed, passes),
                     None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
                     target.loader(target.splits.test, EVAL_BATCH) if test else None)
+        return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test)
+
+    def _feature_loaders(self, model: torch.nn.Module, train_idx: np.ndarray,
+                         val_idx: np.ndarray | None, bs: int, seed: int, passes: int,
+                         test: bool) -> tuple[torch.nn.Module, Any, Any, Any]:
+        target = self.prep.target
         x, y = self.features(), target.labels
         lengths = (target.ids != target.pad_id).sum(dim=1)
 
@@ -204,8 +212,8 @@ class NeuralMethod(_Method):
             OmegaConf.to_container(cell.strategy[self.strategy.name], resolve=True) or {},
             prep.backbone.blocks)
         target = prep.target
-        if self.caches:  # before seeding: building the body for its features draws random
-            self.features()  # numbers, which would shift the head's dropout masks
+        if self.caches or self.caches_probe_stage:  # before seeding: building the body for
+            self.features()  # its features draws random numbers, shifting the dropout masks
         L.seed_everything(seed, workers=True, verbose=False)
         model = self._build(strategy, cell)
         lr, bs = float(cell.train.lr), int(cell.train.batch_size)
@@ -229,12 +237,17 @@ class NeuralMethod(_Method):
                    if strategy.l2sp else None)
         epochs, chosen, steps = 0, [], 0
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
-            probe = TextClassifier(model, target.num_classes, lr, float(cell.train.weight_decay),
-                                   strategy, penalty, schedule, optimizer, horizon)
-            head_only = FreezeBlocks([b for b in blocks if b != "head"])
-            first = fit_and_test(probe, train, val, val, callbacks=[head_only],
+            stage = [model, train, val]
+            if self.caches_probe_stage:  # the same fit on the body's cached features
+                stage = list(self._feature_loaders(model, train_idx, val_idx, bs, seed, passes,
+                                                   False)[:3])
+            probe = TextClassifier(stage[0], target.num_classes, lr,
+                                   float(cell.train.weight_decay), strategy, penalty, schedule,
+                                   optimizer, horizon)
+            head_only = FreezeBlocks([b for b in stage[0].blocks if b != "head"])
+            first = fit_and_test(probe, stage[1], stage[2], stage[2], callbacks=[head_only],
                                  **{**run, **({"max_epochs": phases[0]} if phases else {})})
-            model.load_state_dict(first.state_dict)  # phase 2 starts from the best head
+            stage[0].load_state_dict(first.state_dict)  # phase 2 starts from the best head
             epochs, lr = first.epochs, lr * float(strategy.lp_ft["ft_lr_mult"])
             steps = first.steps
             chosen.append(first.best_epoch)

@@ -124,6 +124,12 @@ class Strategy:
                 and not (self.lora or self.bitfit or self.lp_ft or self.unfreeze_every
                          or self.l2sp))
 
+    @property
+    def probe_stage_cacheable(self) -> bool:
+        """LP-FT's probe stage trains the head on the transferred body, which it leaves as is."""
+        return bool(self.lp_ft) and self.transfer != "none" and not (
+            self.lora or self.bitfit or self.l2sp)
+
     def unfreeze_schedule(self, blocks: tuple[str, ...]) -> list[tuple[int, str]]:
         """(epoch, block) pairs: gradual unfreezing from the top, one block every E epochs."""
         if not self.unfreeze_every:

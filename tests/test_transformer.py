@@ -243,6 +243,28 @@ def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small
     assert fast._features is not None and live._features is None  # one ran on the cache
 
 
+def test_lp_ft_probe_stage_on_cached_features_equals_the_live_model(tiny_bert, small_data,
+                                                                   tmp_path):
+    """LP-FT's probe stage on the cached features, then fine-tuning through the network: the
+    same fit as both stages live."""
+    from bench.methods import NeuralMethod
+    from bench.prepare import prepare
+
+    cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                    "strategy=[lp_ft]", "train.lr=0.01"))
+    (s,) = strategies(cfg)
+    prep = prepare(cfg, [s], [20])
+    fast, live = NeuralMethod(prep, cfg, s), NeuralMethod(prep, cfg, s)
+    live.caches_probe_stage = False
+    assert fast.caches_probe_stage and not fast.caches
+    a, b = fast.final({}, 60, 0, [3, 2]), live.final({}, 60, 0, [3, 2])
+    assert a.steps == b.steps and a.epochs == b.epochs == 5
+    assert len(set(a.test_predictions.tolist())) > 1  # not a constant answer matching trivially
+    assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
+    assert np.array_equal(a.test_predictions, b.test_predictions)
+    assert fast._features is not None and live._features is None  # one ran on the cache
+
+
 def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
     proc = run_cli("sweep", *bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                                         f"strategy=[{','.join(ALL)}]", "data.sizes=[20]",
