@@ -14,8 +14,6 @@ The figures go to stdout as a table and to ``results/benchmark/<machine>.json``.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,19 +32,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from bench import config as config_mod
-from bench import manifest as manifest_mod
+from bench import hardware
 from bench.cache import atomic_write_text
-from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, quiet_lightning
-from bench.strategies import Strategy
-
-
-def machine() -> dict[str, Any]:
-    """What ran the benchmark: enough to tell two machines apart."""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": manifest_mod.cpu_model(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "lightning": L.__version__, "platform": platform.platform()}
+from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, quiet_lightning
+from bench.training.strategies import Strategy
 
 
 class EpochClock(Callback):
@@ -247,7 +236,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
     n=200, the first fold)."""
-    from bench.methods import NeuralMethod
+    from bench.training.methods import NeuralMethod
 
     method = NeuralMethod(prep, cfg, Strategy("full", "network", "all"))
     out = []
@@ -297,7 +286,7 @@ def concurrent_worker(overrides: Sequence[str], epochs: int, examples: int | Non
                       barrier: Path, index: int, count: int) -> None:
     """One of ``count`` processes of :func:`aggregate_throughput`: prepare, wait until every
     process is ready (files in ``barrier``), train, write its per-epoch rates."""
-    from bench.prepare import prepare
+    from bench.study.prepare import prepare
 
     quiet_lightning()
     cfg = config_mod.compose_config(["strategy=[full]", "baseline=none", "hpo=none", *overrides])
@@ -316,7 +305,7 @@ def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: in
     in one run, placed exactly as ``workers=K`` places its workers (:func:`share_env`: CPU
     threads split evenly, on a GPU machine one thread each and the devices round-robin). The
     sum of the processes' median per-epoch rates, and its ratio to K = 1."""
-    from bench.workers import machine_share, share_env
+    from bench.study.workers import machine_share, share_env
 
     gpus, cpus = machine_share()
     rows: list[dict[str, Any]] = []
@@ -348,7 +337,7 @@ def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: in
 def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         out_dir: Path, examples: int | None = None,
         concurrency: Sequence[int] = ()) -> dict[str, Any]:
-    from bench.prepare import prepare
+    from bench.study.prepare import prepare
 
     quiet_lightning()
     cfg = config_mod.compose_config(["strategy=[full]", "baseline=none", "hpo=none", *overrides])
@@ -363,7 +352,7 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
     plain_name = "plain_dynamic_examples_per_s" if transformer else "plain_fixed64_examples_per_s"
     report: dict[str, Any] = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "overrides": list(overrides),
+        "machine": hardware.summary(), "overrides": list(overrides),
         "task": {"source": prep.source.data.name, "train_examples": trained,
                  "batch_size": int(cfg.train.batch_size),
                  "model": prep.backbone.kind + (f" ({prep.backbone.folder})" if transformer

@@ -107,12 +107,12 @@ def sweep(argv: Sequence[str]) -> None:
     conf = str(guarded(config_dir))
 
     def task(cfg) -> None:
-        from bench.sweep import run_study, task_overrides
+        from bench.study.sweep import run_study, task_overrides
 
         if cfg.get("workers", 1) == 1:
             guarded(lambda: run_study(cfg))
         else:  # K worker processes on this study, then its report
-            from bench import workers
+            from bench.study import workers
 
             guarded(lambda: workers.run(cfg, task_overrides() or []))
 
@@ -121,7 +121,7 @@ def sweep(argv: Sequence[str]) -> None:
 
 
 def report(argv: Sequence[str]) -> None:
-    from bench import report as report_mod
+    from bench.analysis import report as report_mod
 
     parser = argparse.ArgumentParser(
         prog="transfer-bench report",
@@ -146,7 +146,7 @@ def report(argv: Sequence[str]) -> None:
     for d in args.dirs:
         out, text, notes = report_mod.write(d, args.metric, against=args.against or ())
         if not args.no_plots:
-            from bench import plots as plots_mod
+            from bench.analysis import plots as plots_mod
 
             notes += plots_mod.write_all(d, out, args.metric)
         print(f"## {d.name}\n\n{text}")

@@ -14,11 +14,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from bench.cache import stable_hash
-from bench import schedule as schedule_mod
+from bench.training import schedule as schedule_mod
 from bench.errors import BenchError
+from bench.folder import SOURCE_MARK, dataset_label, split_method  # noqa: F401 - re-exported
 from bench import models
-from bench.protocol import Protocol
-from bench.strategies import Strategy
+from bench.training.protocol import Protocol
+from bench.training.strategies import Strategy
 
 # Keys that pick *which* cells run or *where* they run; they never change a cell's result, so a
 # study may be extended or re-run with other values and still append to the same records.
@@ -68,7 +69,7 @@ def selected_strategies(cfg: DictConfig) -> dict[str, dict]:
         elif not (config_dir() / "strategy" / f"{name}.yaml").is_file():
             raise BenchError(f"strategy.{name} names no strategy (no conf/strategy/{name}.yaml "
                              f"and no transfer: key); the strategies: "
-                             f"{', '.join(sorted(p.stem for p in (config_dir() / 'strategy').glob('*.yaml')))}")
+                             f"{', '.join(sorted(p.stem for p in config_dir().glob('strategy/*.yaml')))}")
     return out
 
 
@@ -188,7 +189,7 @@ def check(cfg: DictConfig) -> None:
                              "model.intermediate=true the transformer transfers its pretrained "
                              "weights, the same for every source; set model.intermediate=true "
                              "to fine-tune on each source first (STILTs)")
-    from bench.transferability import check_names
+    from bench.analysis.transferability import check_names
 
     names = OmegaConf.select(cfg, "transferability", default=[]) or []
     if not OmegaConf.is_list(names) and not isinstance(names, list):
@@ -274,13 +275,6 @@ def source_configs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     return out
 
 
-def dataset_label(entry: dict[str, Any]) -> str:
-    """A dataset's display name: its registry name, or a file dataset's title (else stem)."""
-    if entry.get("name") == "file":
-        return str(entry.get("title") or Path(str(entry.get("path"))).stem)
-    return str(entry["name"])
-
-
 def source_seeds(cfg: DictConfig) -> list[int] | None:
     """The source-model seeds when a study trains several (``source.seeds``), else None: one
     model, of ``source.seed``, and records that carry no source seed."""
@@ -300,7 +294,7 @@ def schedule_spec(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def check_hpo(cfg: DictConfig) -> None:
-    from bench.tune import check_space, make_pruner
+    from bench.study.tune import check_space, make_pruner
 
     hpo = cfg.hpo
     n = hpo.n_trials
@@ -332,7 +326,7 @@ def check_hpo(cfg: DictConfig) -> None:
                 raise BenchError(f"{where}.{name} sets {path!r}, which is not a config key; use "
                                  "a key such as train.lr, train.weight_decay or model.dropout")
     if OmegaConf.select(cfg, "hpo.start_at_default", default=False) and hpo.mode == "grid":
-        from bench.tune import default_trial
+        from bench.study.tune import default_trial
 
         for strategy in strategies(cfg):  # the first trial is the default: it must be in range
             cell = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -391,9 +385,9 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
     """Each selected strategy's whole definition, as composed (its tuned ``space`` included).
 
     A ``train`` default equal to the study's own ``train`` value, or a ``space`` entry equal to
-    ``hpo.space``'s of the same name (or any, untuned), changes nothing and is left out: a strategy that states
-    its own range (the probe's, on the TextCNN the same as everyone's) keeps the identity of
-    the studies that ran it before it said so."""
+    ``hpo.space``'s of the same name (or any, untuned), changes nothing and is left out: a
+    strategy that states its own range (the probe's, on the TextCNN the same as everyone's)
+    keeps the identity of the studies that ran it before it said so."""
     selected = selected_strategies(cfg)
     train = OmegaConf.to_container(cfg.train, resolve=True)
     space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if "space" in cfg.hpo else {}
@@ -410,16 +404,6 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
     if cfg.baseline.name != "none" and grid:  # the baseline's own selection rule (see below)
         out[str(cfg.baseline.name)] = {"grid": [float(c) for c in grid]}
     return out
-
-
-SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets
-
-
-def split_method(name: str) -> tuple[str, str | None]:
-    """A method's record name as (strategy, source): ``full@tweets`` -> (full, tweets); a
-    one-source study's names carry no source."""
-    strategy, mark, source = name.partition(SOURCE_MARK)
-    return strategy, source if mark else None
 
 
 def cell_hash(cfg: DictConfig, name: str) -> str:

@@ -7,7 +7,7 @@ seed, then evaluated on test. The comparison goes to stdout and to ``reproduce.{
 fresh folder; the original study is only read.
 
 Tolerance (:func:`decide_tolerance`): exact (to the 6 decimals records keep) when the software
-versions and the numerics identity (:func:`bench.manifest.numerics_identity`: CPU capability and
+versions and the numerics identity (:func:`bench.hardware.numerics_identity`: CPU capability and
 ISA flags, torch build, threads, GPU/driver/CUDA) match the manifest's; otherwise a stated bound
 (default 0.02 accuracy), because different BLAS kernels, CPU instruction sets and GPU kernels
 change floating-point summation order, which moves a few borderline test predictions. The CPU
@@ -28,10 +28,11 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from bench import config as config_mod
+from bench import hardware
 from bench import manifest as manifest_mod
 from bench.cache import atomic_write_text, cache_root, sha256_file
 from bench.errors import BenchError
-from bench.results import RECORDS, load_records
+from bench.folder import RECORDS, load_records
 
 # Measured between two "AMD EPYC" hosts with equal software, AVX2 vs AVX-512: up to 0.006 on single
 # reproduced cells and 0.011 on the table's means (6-11 flipped predictions of a 1000-example test
@@ -88,11 +89,11 @@ def environment_differences(run: dict[str, Any], here_versions: dict[str, Any] |
                             here_hardware: dict[str, Any] | None = None) -> list[str]:
     """What differs between the recording run and this machine, one line each (warnings)."""
     here_versions = here_versions or manifest_mod.versions()
-    here_hardware = here_hardware or manifest_mod.hardware()
+    here_hardware = here_hardware or hardware.describe()
     out = _version_differences(run.get("versions") or {}, here_versions)
     old_hw = run.get("hardware") or {}
     if isinstance(old_hw.get("numerics"), dict):  # names CPU and GPUs too, and more
-        return out + [f"numerics {d} (manifest vs here)" for d in manifest_mod.same_numerics(
+        return out + [f"numerics {d} (manifest vs here)" for d in hardware.same_numerics(
             old_hw["numerics"], here_hardware.get("numerics") or {})[1]]
     for key in ("cpu", "gpus"):
         old, here = old_hw.get(key), here_hardware.get(key)
@@ -132,7 +133,7 @@ def decide_tolerance(run: dict[str, Any], here_versions: dict[str, Any],
         return CROSS_MACHINE_TOLERANCE, (
             f"the run used a GPU ({devices or 'unnamed'}), whose kernels are not all "
             f"deterministic (trainer deterministic: warn); {instead}")
-    same, diffs = manifest_mod.same_numerics(recorded, here)
+    same, diffs = hardware.same_numerics(recorded, here)
     if not same:
         return CROSS_MACHINE_TOLERANCE, (
             f"numerics differ (manifest vs here): {'; '.join(diffs)}; {instead}")
@@ -277,13 +278,13 @@ def _rerun(by_run: dict[str, list[dict[str, Any]]], runs: dict[str, Any],
            console: Console) -> tuple[list[dict[str, Any]], set[str], dict[str, str]]:
     """Retrain each record's final fit under its run's config: comparison rows, environment
     warnings, and each run's tolerance reason."""
-    from bench.methods import BaselineMethod, MajorityMethod, NeuralMethod
-    from bench.prepare import prepare
+    from bench.training.methods import BaselineMethod, MajorityMethod, NeuralMethod
+    from bench.study.prepare import prepare
 
     rows: list[dict[str, Any]] = []
     warnings: set[str] = set()
     reasons: dict[str, str] = {}
-    here_versions, here_hardware = manifest_mod.versions(), manifest_mod.hardware()
+    here_versions, here_hardware = manifest_mod.versions(), hardware.describe()
     for run_id, recs in by_run.items():
         entry, cfg = runs[run_id], configs[run_id]
         for d in environment_differences(entry, here_versions, here_hardware):

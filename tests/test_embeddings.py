@@ -8,7 +8,7 @@ import torch
 from gensim.models import KeyedVectors
 
 from bench.data.text import Vocab
-from bench.embeddings import (Vectors, coverage, embedding_matrix, load_glove_package,
+from bench.data.embeddings import (Vectors, coverage, embedding_matrix, load_glove_package,
                               load_vectors, load_vectors_file, train_word2vec)
 from bench.errors import BenchError
 from conftest import lee_sentences

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bench.results import load_records
+from bench.folder import load_records
 from conftest import cell_study, run_cli, small_study_overrides
 
 EXE = Path(sys.executable).with_name("transfer-bench")

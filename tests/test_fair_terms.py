@@ -12,7 +12,7 @@ import torch
 
 from bench.config import compose_config, strategies, study_hash
 from bench.errors import BenchError
-from bench.tune import default_trial, suggest
+from bench.study.tune import default_trial, suggest
 from tests.conftest import REPO, run_cli, small_study_overrides
 from tests.test_transformer import bert_study, tiny_bert  # noqa: F401 - the fixture
 
@@ -44,7 +44,7 @@ def test_each_transformer_strategy_has_its_own_range_and_default():
     assert by_name["full"].defaults == {}                    # the model's train.lr, 5e-5
     assert float(cfg.train.lr) == 5e-5
     # every default sits inside its own range: the first trial is the untuned setting
-    from bench.methods import with_params
+    from bench.training.methods import with_params
 
     for s in strategies(cfg):
         first = default_trial(space[s.name], with_params(cfg, s.defaults))
@@ -203,7 +203,7 @@ def test_a_fit_still_improving_at_its_cap_gets_more_rounds():
     without it the same fit stops at max_epochs, flagged at_cap."""
     from torch import nn
 
-    from bench.lit import TextClassifier, fit_and_test, loader
+    from bench.training.fit import TextClassifier, fit_and_test, loader
 
     class Tiny(nn.Module):
         blocks = ("head",)

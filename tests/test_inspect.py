@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import report
+from bench.analysis import report
 from bench.cli import main
 from bench.data.inspect import format_report, inspect_data
 from bench.data.sources import LabelledTexts, _read_vader, load_dataset, load_table
 from bench.data.splits import Splits
 from bench.errors import BenchError
-from bench.results import load_records
+from bench.folder import load_records
 from conftest import write_sentiment_csv
 
 ROWS = [("a fine, warm and funny film", "pos"), ("dull, slow, and far too long", "neg"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.lit import BucketBatchSampler, loader
+from bench.data.batching import BucketBatchSampler, loader
 
 
 def ragged(n: int = 1000, max_len: int = 64, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-from bench.results import load_records, record_key
+from bench.folder import load_records, record_key
 from conftest import run_cli, small_study_overrides
 
 

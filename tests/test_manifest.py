@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from bench import manifest
+from bench import hardware, manifest
 from bench.redact import redact
 
 URL = "postgresql+psycopg2://bench_user:secret@db.example.org:5432/studies"
@@ -51,41 +51,41 @@ def test_redact_walks_nested_data_without_changing_it():
 
 
 def test_the_numerics_identity_names_what_picks_the_kernels():
-    ident = manifest.numerics_identity()
+    ident = hardware.numerics_identity()
     assert ident["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert ident["cpu"] == manifest.cpu_model()
+    assert ident["cpu"] == hardware.cpu_model()
     assert ident["torch"] == torch.__version__
     assert ident["threads"] == torch.get_num_threads()
-    assert set(ident["isa"]) <= manifest.NUMERIC_ISA
+    assert set(ident["isa"]) <= hardware.NUMERIC_ISA
     assert ident["torch_build"]["mkldnn"] == torch.backends.mkldnn.is_available()
     assert ident["torch_build"]["mkl"] == torch.backends.mkl.is_available()
     assert (ident["cuda"] is None) == (not torch.cuda.is_available())
     if ident["machine"] == "x86_64" and ident["cpu_capability"] in ("AVX2", "AVX512"):
         assert "avx2" in ident["isa"]  # read from /proc/cpuinfo, filtered, not dropped
-    assert manifest.hardware()["numerics"] == ident
+    assert hardware.describe()["numerics"] == ident
     # as it comes back from manifest.json, it still equals the live one
-    assert manifest.same_numerics(json.loads(json.dumps(ident)), ident) == (True, [])
+    assert hardware.same_numerics(json.loads(json.dumps(ident)), ident) == (True, [])
 
 
 def test_same_numerics_names_the_field_that_differs():
-    here = manifest.numerics_identity()
+    here = hardware.numerics_identity()
     there = copy.deepcopy(here)
     there["cpu_capability"] = "AVX512" if here["cpu_capability"] != "AVX512" else "AVX2"
-    extra = min(manifest.NUMERIC_ISA - set(here["isa"]))  # x86 and Arm names: one is missing
+    extra = min(hardware.NUMERIC_ISA - set(here["isa"]))  # x86 and Arm names: one is missing
     there["isa"] = sorted([*here["isa"], extra])
-    same, why = manifest.same_numerics(there, here)
+    same, why = hardware.same_numerics(there, here)
     assert not same
     assert why == [f"cpu_capability {there['cpu_capability']} vs {here['cpu_capability']}",
                    f"isa {extra} vs (none)"]  # nothing else is reported as different
 
     for field, value in (("threads", here["threads"] + 1), ("torch", "0.0.1"),
                          ("cuda", {"devices": [{"name": "H200", "capability": "9.0"}]})):
-        same, why = manifest.same_numerics({**here, field: value}, here)
+        same, why = hardware.same_numerics({**here, field: value}, here)
         assert not same and [w.split()[0] for w in why] == [field]
 
 
 def test_an_identity_of_another_version_never_matches():
-    here = manifest.numerics_identity()
+    here = hardware.numerics_identity()
     older = {k: v for k, v in here.items() if k != "cpu_capability"}
-    same, why = manifest.same_numerics(older, here)
+    same, why = hardware.same_numerics(older, here)
     assert not same and why == [f"cpu_capability (missing) vs {here['cpu_capability']}"]

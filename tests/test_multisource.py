@@ -13,7 +13,7 @@ import pytest
 from conftest import file_source as source
 from conftest import run_cli, small_study_overrides, write_sentiment_csv
 
-from bench.results import encode_labels
+from bench.folder import encode_labels
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_estimates_use_only_the_cells_training_labels(three_sources, tmp_path):
     import pandas as pd
 
     from bench.config import compose_config, sizes, strategies
-    from bench.prepare import prepare
-    from bench.transferability import record_estimates
+    from bench.study.prepare import prepare
+    from bench.study.estimates import record_estimates
 
     frame = pd.read_csv(three_sources["target"])
     frame["split"] = [("test", "val", "train", "train")[i % 4] for i in range(len(frame))]
@@ -163,7 +163,7 @@ def test_negative_transfer_is_marked_and_listed(tmp_path):
 def test_vectorised_rank_correlations_equal_scipys_with_ties_and_constant_rows():
     from scipy import stats as sps
 
-    from bench.source_choice import kendall_tau_b, spearman_rho
+    from bench.analysis.source_choice import kendall_tau_b, spearman_rho
 
     rng = np.random.default_rng(5)
     constant_rows = 0

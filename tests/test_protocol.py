@@ -12,15 +12,15 @@ import optuna
 import pytest
 import torch
 
-from bench import methods as methods_mod
+from bench.training import methods as methods_mod
 from bench.config import cell_hash, compose_config, strategies
 from bench.data.task import Task
-from bench.lit import passes_per_round
-from bench.methods import NeuralMethod, BaselineMethod, Fit
+from bench.data.batching import passes_per_round
+from bench.training.methods import NeuralMethod, BaselineMethod, Fit
 from bench.models.textcnn import TextCNN
-from bench.prepare import prepare
-from bench.results import fit_flags
-from bench.tune import PRUNERS, make_pruner
+from bench.study.prepare import prepare
+from bench.study.records import fit_flags
+from bench.study.tune import PRUNERS, make_pruner
 
 from conftest import run_cli, small_study_overrides
 

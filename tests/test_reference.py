@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-from bench.report import DEFAULT_METRIC, report_dir
+from bench.analysis.report import DEFAULT_METRIC, report_dir
 
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md", "variance.md", "variance.csv")

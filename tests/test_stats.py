@@ -12,7 +12,7 @@ from scipy.special import expit
 
 from scipy import optimize
 
-from bench.stats import (PARTS, crossed_estimate, crossed_parts, crossed_variance,
+from bench.analysis.stats import (PARTS, crossed_estimate, crossed_parts, crossed_variance,
                          detectable, difference_interval, expected_max, holm, interval, labels_needed,
                          seed_estimate, variance_components, variance_parts)
 
@@ -308,7 +308,7 @@ if __name__ == "__main__":  # results/coverage.md: python tests/test_stats.py > 
 def test_macro_f1_contributions_average_to_scikit_learns_macro_f1():
     from sklearn.metrics import f1_score
 
-    from bench.stats import macro_f1_contributions
+    from bench.analysis.stats import macro_f1_contributions
 
     rng = np.random.default_rng(3)
     for k, n in ((2, 40), (5, 300), (8, 120)):
@@ -333,7 +333,7 @@ def test_macro_f1_interval_covers_the_population_value_and_seed_only_does_not():
     difficulty shared by every seed (logit sd 3), small seed effects: the crossed interval on the
     contributions covers E_seed[population macro-F1] at about 95%; the t-interval over the 5
     runs' macro-F1 (what a seed-only report shows) misses far more often."""
-    from bench.stats import macro_f1_contributions
+    from bench.analysis.stats import macro_f1_contributions
 
     priors = np.array([0.6, 0.25, 0.1, 0.05])
     base = np.array([1.5, 0.8, 0.5, 0.3])  # logit of a right answer per class

@@ -7,9 +7,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from bench.config import compose_config, strategies
-from bench.lit import TextClassifier, fit_and_test, loader
+from bench.training.fit import TextClassifier, fit_and_test, loader
 from bench.models.textcnn import TextCNN
-from bench.strategies import (L2SP, FreezeBlocks, Strategy, build_model, freeze_callback,
+from bench.training.strategies import (L2SP, FreezeBlocks, Strategy, build_model, freeze_callback,
                               param_groups)
 from bench.errors import BenchError
 
@@ -233,9 +233,9 @@ def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, sma
                                                                     monkeypatch):
     from conftest import small_study_overrides
 
-    from bench import methods
+    from bench.training import methods
     from bench.config import check
-    from bench.prepare import prepare
+    from bench.study.prepare import prepare
 
     cfg = compose_config([*small_study_overrides(small_data, tmp_path, cache), "strategy=[lp_ft]",
                           "strategy.lp_ft.lp_ft.ft_lr_mult=0.25", "protocol=fixed_val"])
@@ -281,7 +281,7 @@ def test_one_study_tunes_and_reports_every_strategy(tmp_path):
     import pandas as pd
     from conftest import run_cli, small_study_overrides, write_sentiment_csv
 
-    from bench.results import load_records
+    from bench.folder import load_records
 
     data = {"source": write_sentiment_csv(tmp_path / "source.csv", 600, seed=1),
             "target": write_sentiment_csv(tmp_path / "target.csv", 400, seed=2, cue_words=1)}

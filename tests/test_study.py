@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import run_cli, small_study_overrides
 
 from bench.cache import sha256_file as sha256
-from bench.results import load_records
+from bench.folder import load_records
 
 
 def _metrics(path: Path) -> dict:

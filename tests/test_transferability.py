@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import linalg, optimize, stats
 
-from bench.transferability import (estimate, h_score, knn_cv, leep, linear_cv, log_evidence,
+from bench.analysis.transferability import (estimate, h_score, knn_cv, leep, linear_cv, log_evidence,
                                    logme, logme_column, nce)
 
 

@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from bench.config import compose_config, strategies
-from bench.lit import TextClassifier, fit_and_test, loader
+from bench.training.fit import TextClassifier, fit_and_test, loader
 from bench.models.transformer import Encoder, Probe, frozen_features, tokenize
-from bench.strategies import build_model, freeze_callback
+from bench.training.strategies import build_model, freeze_callback
 from tests.conftest import (NEGATIVE, POSITIVE, file_source, lee_sentences, run_cli,
                             small_study_overrides, write_sentiment_csv)
 
@@ -226,8 +226,8 @@ def bert_study(data, results: Path, cache: Path, folder: Path, *extra: str) -> l
 
 def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small_data, tmp_path):
     """The same frozen cell trained on cached features and through the whole network."""
-    from bench.methods import NeuralMethod
-    from bench.prepare import prepare
+    from bench.training.methods import NeuralMethod
+    from bench.study.prepare import prepare
 
     cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                                     "strategy=[frozen]", "train.lr=0.01"))
@@ -247,8 +247,8 @@ def test_lp_ft_probe_stage_on_cached_features_equals_the_live_model(tiny_bert, s
                                                                    tmp_path):
     """LP-FT's probe stage on the cached features, then fine-tuning through the network: the
     same fit as both stages live."""
-    from bench.methods import NeuralMethod
-    from bench.prepare import prepare
+    from bench.training.methods import NeuralMethod
+    from bench.study.prepare import prepare
 
     cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                                     "strategy=[lp_ft]", "train.lr=0.01"))
@@ -376,8 +376,8 @@ def test_intermediate_fine_tuning_on_the_source_task_is_trained_once_and_transfe
         tiny_bert, small_data, tmp_path):
     """STILTs: ``model.intermediate=true`` fine-tunes the pretrained encoder on the source
     task first (cached like the TextCNN's source model); ``false`` transfers the hub weights."""
-    from bench.methods import NeuralMethod
-    from bench.prepare import prepare
+    from bench.training.methods import NeuralMethod
+    from bench.study.prepare import prepare
 
     def prepared(flag: str):
         cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,

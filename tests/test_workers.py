@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.results import load_records, record_key
+from bench.folder import load_records, record_key
 from conftest import run_cli, small_study_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

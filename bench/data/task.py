@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from bench.data.sources import LabelledTexts
 from bench.data.splits import Splits, fixed_splits
-from bench.lit import loader
+from bench.data.batching import loader
 
 
 @dataclass

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import config as config_mod
 from bench.errors import BenchError
-from bench.results import RECORDS, load_records
+from bench.folder import RECORDS, load_records
 
 LOG_DIR = "workers"
 # GPU: processes per device when ``workers=auto``. One process leaves a GPU mostly idle on this
@@ -106,7 +106,7 @@ def _last_line(path: Path) -> str:
 
 def run(cfg: DictConfig, overrides: Sequence[str], console: Console | None = None) -> Path:
     """Start ``cfg.workers`` sweeps of this study, wait for all, then write its report."""
-    from bench.sweep import run_study
+    from bench.study.sweep import run_study
 
     console = console or Console(stderr=True)
     config_mod.check(cfg)  # bad input: one line before any process starts or file is written

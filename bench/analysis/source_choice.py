@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from bench.config import split_method
-from bench.results import load_records, size_order
+from bench.folder import estimate_key, load_records, size_order, split_method
 
 BOOTSTRAP = 2000
 LEVEL = 0.95
@@ -39,7 +38,6 @@ def source_of(strategy: str) -> str | None:
 
 
 def estimates_frame(path: Path) -> pd.DataFrame:
-    from bench.transferability import estimate_key
 
     rows = []
     for r in load_records(path, key=estimate_key):

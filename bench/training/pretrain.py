@@ -16,7 +16,7 @@ from torch import nn
 
 from bench.cache import cached, stable_hash
 from bench.data.task import Task
-from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test
+from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test
 
 
 @dataclass

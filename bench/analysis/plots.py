@@ -16,11 +16,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench import manifest as manifest_mod  # noqa: E402
-from bench import report as report_mod  # noqa: E402
-from bench import stats  # noqa: E402
+from bench.analysis import report as report_mod  # noqa: E402
+from bench.analysis import stats  # noqa: E402
 from bench.cache import atomic_write  # noqa: E402
-from bench.pareto import PARETO_FILE  # noqa: E402
-from bench.results import RECORDS, load_records, size_order  # noqa: E402
+from bench.folder import (PARETO_FILE, RECORDS, STORAGE_FILE, STUDY_FILE,  # noqa: E402
+                          default_storage, load_records, read_study, size_order)
 
 LINES = ["-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
 # Filled markers only (hollow = pruned in the trial plots); 13 distinct, so with 6 line styles
@@ -83,7 +83,7 @@ def _storage_url(study_dir: Path) -> str:
         url = ((run.get("config") or {}).get("hpo") or {}).get("storage")
         if url:
             return url
-    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    return default_storage(study_dir)
 
 
 def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -91,7 +91,7 @@ def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not (study_dir / "optuna.db").exists() and "sqlite" in _storage_url(study_dir):
+    if not (study_dir / STORAGE_FILE).exists() and "sqlite" in _storage_url(study_dir):
         return pd.DataFrame()
     storage = optuna.storages.RDBStorage(_storage_url(study_dir),
                                          skip_compatibility_check=True)
@@ -117,9 +117,9 @@ def _not_iid(study_dir: Path) -> str | None:
     """Why the study's trials are not i.i.d. draws (the expected-best curve's assumption), or
     None when they are: random search without pruning."""
     try:
-        hpo = json.loads((study_dir / "study.json").read_text())["config"]["hpo"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "the tuning configuration is unknown"
+        hpo = read_study(study_dir)["config"]["hpo"]
+    except (KeyError, TypeError):
+        return f"the tuning configuration is unknown ({study_dir / STUDY_FILE} has no config.hpo)"
     if hpo.get("sampler", "tpe") != "random":
         return (f"{hpo.get('sampler', 'tpe')} trials depend on each other; the curve needs "
                 "i.i.d. trials (hpo.sampler=random hpo.pruner.name=none)")
@@ -211,7 +211,7 @@ def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
 def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
     """Estimate vs measured gain over scratch, one point per source, a panel per estimator;
     sizes in different markers."""
-    from bench.source_choice import estimator_columns
+    from bench.analysis.source_choice import estimator_columns
 
     names = estimator_columns(sources)
     sizes = sorted(sources["size"].unique(), key=size_order)

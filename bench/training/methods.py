@@ -23,14 +23,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import f1_score
 
-from bench import baseline
+from bench.training import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
-from bench.lit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
+from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
 from bench.models.transformer import Probe, frozen_features
-from bench.prepare import Prepared, trainer_kwargs
-from bench.schedule import is_constant
-from bench.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
+from bench.study.prepare import Prepared, trainer_kwargs
+from bench.training.schedule import is_constant
+from bench.training.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
 
 
 def with_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
@@ -287,7 +287,7 @@ def _set(value: Any) -> bool:
 
 
 class BaselineMethod(_Method):
-    """TF-IDF + logistic regression on the same subsets and folds (see :mod:`bench.baseline`)."""
+    """TF-IDF + logistic regression on the same subsets and folds (see :mod:`bench.training.baseline`)."""
 
     name = baseline.NAME
     prunes = False

@@ -1,4 +1,4 @@
-"""Lightning glue: batches cut from cached tensors, the classifier module, and one fit + test."""
+"""Lightning glue: the classifier module and one fit + test (batches: :mod:`bench.data.batching`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as L
 import numpy as np
@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from bench.schedule import is_constant, make_scheduler
-from bench.strategies import Strategy, param_groups
+from bench.data.batching import EVAL_BATCH, loader, passes_per_round  # noqa: F401
+from bench.training.schedule import is_constant, make_scheduler
+from bench.training.strategies import Strategy, param_groups
 
 
 def quiet_lightning() -> None:
@@ -35,100 +36,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen blocks
     # Deterministic cuBLAS needs this set before the first CUDA call.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-class _Trim:
-    """Cut the padded id matrix to the longest text in this batch (dynamic padding).
-
-    The model, not the loader, pads further when it needs a minimum width (a convolution
-    window), and masks padding, so a text's logits do not depend on its batch neighbours.
-    """
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, labels = batch
-        width = max(int((ids != self.pad_id).sum(dim=1).max()), 1)
-        return ids[:, :width], labels
-
-
-def _whole(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch[0], batch[1]
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Shuffled batches of similar-length texts, so little of each batch is padding.
-
-    Each epoch: shuffle, cut into pools of ``pool_batches`` batches, sort each pool by length,
-    cut it into batches and shuffle the batches. Batch composition stays random (a text meets
-    different neighbours every epoch) while the padded width tracks the texts' own lengths.
-    PyTorch and Lightning ship no such sampler (torchtext's BucketIterator is gone).
-    """
-
-    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int,
-                 pool_batches: int = 50, passes: int = 1) -> None:
-        self.lengths, self.batch_size, self.passes = lengths, batch_size, passes
-        self.pool = batch_size * pool_batches
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.passes * -(-len(self.lengths) // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for _ in range(self.passes):  # a round of several shuffled passes (small training sets)
-            yield from self._one_pass()
-
-    def _one_pass(self) -> Iterator[list[int]]:
-        order = torch.randperm(len(self.lengths), generator=self.generator)
-        batches = []
-        for start in range(0, len(order), self.pool):
-            chunk = order[start:start + self.pool]
-            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
-            batches += [chunk[i:i + self.batch_size].tolist()
-                        for i in range(0, len(chunk), self.batch_size)]
-        for i in torch.randperm(len(batches), generator=self.generator).tolist():
-            yield batches[i]
-
-
-# Evaluation batches run over length-sorted texts: smaller batches track the lengths more closely
-# (a single 500-text batch pads everything to the longest one, ~3x the convolution work).
-EVAL_BATCH = 100
-
-
-def passes_per_round(n_train: int, batch_size: int, max_rounds: int, min_steps: int) -> int:
-    """Shuffled passes over the training set per round (one validation per round).
-
-    Chosen so that ``max_rounds`` rounds hold at least ``min_steps`` optimizer steps: with 50
-    examples and batch 50 an epoch is one step, and 30 bare epochs are 30 steps, far from
-    convergence; a 1,000-example fit gets 20 steps an epoch. Rounds, patience and the pruner's
-    warm-up then mean the same at every size.
-    """
-    steps = -(-n_train // batch_size)
-    return max(1, -(-min_steps // (steps * max_rounds)))
-
-
-def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-           seed: int = 0, passes: int = 1, pad_id: int = 0,
-           lengths: torch.Tensor | None = None) -> DataLoader:
-    """Whole batches are indexed out of the tensors at once: no per-example Python work.
-
-    Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
-    :func:`passes_per_round`); evaluation batches go through the texts sorted by length (order
-    does not change a metric, and the padding all but disappears). Float rows (cached frozen
-    features) are batched by their texts' ``lengths``, so they meet the same neighbours.
-    """
-    dataset = TensorDataset(ids, labels)
-    features = ids.is_floating_point()
-    if lengths is None:
-        lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(1)
-    if shuffle:
-        sampler: Any = BucketBatchSampler(lengths, batch_size, seed, passes=passes)
-    else:
-        by_length = torch.argsort(lengths, stable=True).tolist()
-        sampler = BatchSampler(by_length, batch_size, False)
-    return DataLoader(dataset, batch_size=None, sampler=sampler,
-                      collate_fn=_whole if features else _Trim(pad_id))
 
 
 class TextClassifier(L.LightningModule):

@@ -10,18 +10,63 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
-from omegaconf import DictConfig
-
-from bench import config as config_mod
-
+STUDY_FILE = "study.json"      # the composed config, identities, per-strategy definitions
 RECORDS = "records.jsonl"
-DEFAULTS = "defaults.jsonl"  # per tuned replicate: its final fit at the untuned setting
+DEFAULTS = "defaults.jsonl"    # per tuned replicate: its final fit at the untuned setting
+ESTIMATES = "transferability.jsonl"  # per source, seed and size: the estimators' scores
+PARETO_FILE = "pareto.json"
+STORAGE_FILE = "optuna.db"     # the default Optuna storage, beside the records
+
+
+def estimate_key(r: dict[str, Any]) -> tuple[str, Any, str, int]:
+    return (r["source"], r.get("source_seed"), str(r["size"]), int(r["seed"]))
+
+
+def default_storage(study_dir: Path) -> str:
+    """The SQLite URL a study's tuning uses unless ``hpo.storage`` names another."""
+    return f"sqlite:///{(Path(study_dir) / STORAGE_FILE).resolve()}"
+
+
+def read_study(study_dir: Path) -> dict[str, Any]:
+    """``study.json`` of a study folder ({} where there is none yet); a damaged one is an
+    error that names the file and what is wrong with it."""
+    from bench.errors import BenchError
+
+    path = Path(study_dir) / STUDY_FILE
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"{path} is not readable JSON ({exc}); restore it from git or the "
+                         "study's manifest.json") from None
+    if not isinstance(info, dict):
+        raise BenchError(f"{path} holds a {type(info).__name__}, not the study's JSON object; "
+                         "restore it from git")
+    return info
+
+
+SOURCE_MARK = "@"  # "full@tweets": strategy full transferred from source tweets
+
+
+def split_method(name: str) -> tuple[str, str | None]:
+    """A method's record name as (strategy, source): ``full@tweets`` -> (full, tweets); a
+    one-source study's names carry no source."""
+    strategy, mark, source = name.partition(SOURCE_MARK)
+    return strategy, source if mark else None
+
+
+def dataset_label(entry: dict[str, Any]) -> str:
+    """A dataset's display name: its registry name, or a file dataset's title (else stem)."""
+    if entry.get("name") == "file":
+        return str(entry.get("title") or Path(str(entry.get("path"))).stem)
+    return str(entry["name"])
+
+
 
 
 Key = tuple[str, str, int, "int | None", int]
@@ -166,50 +211,3 @@ def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame["_order"] = frame["size"].map(size_order)
     return (frame.sort_values(["_order", "strategy", "seed"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
-
-
-# What a replicate's record holds: what ran (cell identity, strategy, replicate axes, labels
-# used), what it scored, how it was chosen (selection, tuning summary), its predictions, where.
-def fit_flags(info: dict[str, Any], fit: Any) -> list[str]:
-    """Warnings a reader of the table must see: a fit cut short, or one that learnt nothing."""
-    flags = []
-    if info.get("at_cap") or fit.at_cap:
-        flags.append("at_cap")  # best score at the last round allowed: still improving
-    best, majority = info.get("best_value"), info.get("majority")
-    if best is not None and majority is not None and best < majority:
-        flags.append("below_majority")  # held-out accuracy under always guessing the majority
-    return flags
-
-
-def make_record(cfg: DictConfig, method: Any, size: int | str, n: int, seed: int, fit: Any,
-                params: dict[str, Any], hpo_info: dict[str, Any], run_id: str,
-                labels: dict[str, int], tuning: int = 0) -> dict[str, Any]:
-    return {
-        "study": cfg.study, "study_hash": config_mod.study_hash(cfg),  # config: study.json
-        "cell_hash": config_mod.cell_hash(cfg, method.name),
-        "run_id": run_id,  # this run's entry in manifest.json
-        "strategy": method.name, "size": size, "n_train": n, "seed": seed,
-        "source_seed": method.source_seed, "tuning": tuning,
-        "protocol": cfg.protocol.name, "labels": labels,
-        "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
-        "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
-        **({"steps": fit.steps, "trainable": fit.trainable} if fit.steps is not None else {}),
-        "rounds": hpo_info.get("rounds"), "flags": fit_flags(hpo_info, fit),
-        "selection": {**{k: hpo_info.get(k) for k in ("best_value", "majority", "fold_scores",
-                                                       "at_cap", "seconds")},
-                      **({"grid": hpo_info["grid"]} if "grid" in hpo_info else {})},
-        "diverged": fit.diverged,
-        "params": params, "hpo": hpo_info if hpo_info.get("n_trials") else None,
-        **method.describe(),
-        "test_predictions": encode_labels(fit.test_predictions),
-        "device": device_name(cfg),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def device_name(cfg: DictConfig) -> str:
-    import torch
-
-    if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine()

@@ -1,8 +1,8 @@
 """The study loop: load everything once; for each (strategy, size) cell and replicate seed,
 choose the setting inside the protocol (tuned or not), fit it, test it once, append a record.
 
-Preparation lives in :mod:`bench.prepare`, the methods a cell runs in :mod:`bench.methods`,
-the study folder's rules in :mod:`bench.studydir`, the record schema in :mod:`bench.results`.
+Preparation lives in :mod:`bench.study.prepare`, the methods a cell runs in :mod:`bench.training.methods`,
+the study folder's rules in :mod:`bench.study.claim`, the record schema in :mod:`bench.folder`.
 
 Records are keyed by (strategy, size, seed) and carry the cell's identity hash; running the same
 command again skips what is recorded and continues each Optuna study, so an interrupted study
@@ -23,23 +23,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import config as config_mod
 from bench import manifest as manifest_mod
-from bench import studydir
-from bench import tune as tune_mod
+from bench.study import claim as studydir
+from bench.study import tune as tune_mod
 from bench.cache import file_lock, stable_hash
 from bench.errors import BenchError
-from bench.lit import Diverged, quiet_lightning
-from bench.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
+from bench.training.fit import Diverged, quiet_lightning
+from bench.training.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
                            with_params)
-from bench.prepare import data_provenance, prepare, resolve_size
-from bench.results import (DEFAULTS, RECORDS, Key, append_record, encode_labels, load_records,
-                           make_record, record_key)
+from bench.study.prepare import data_provenance, prepare, resolve_size
+from bench.folder import (DEFAULTS, RECORDS, Key, append_record, encode_labels, load_records,
+                          record_key)
+from bench.study.records import make_record
 
 
 def publish_report(out: Path, console: Console) -> None:
     """The study's report (``transfer-bench report``'s tables and figures) from every record so
     far, its table printed. Why here: the table a sweep ends with should be the one with the
     intervals and tests, not a second, weaker summary. A report problem costs only the report."""
-    from bench import plots, report
+    from bench.analysis import plots, report
 
     try:
         # Parallel launcher jobs of one study each end here: one report at a time, or one
@@ -295,11 +296,11 @@ def run_study(cfg: DictConfig, console: Console | None = None,
             console.print(f"source model {source_model.key} ({name}, seed {k}, {state}): "
                           f"val acc {m['val_acc']:.3f}, test acc {m['test_acc']:.3f}")
     if int(OmegaConf.select(cfg, "hpo.worker_id", default=0) or 0) == 0:
-        from bench.transferability import record_estimates
+        from bench.study.estimates import record_estimates
 
         record_estimates(prep, cfg, sizes, out, console)  # seconds, before any fine-tuning
     if cfg.hpo.mode == "pareto":
-        from bench.pareto import run_pareto
+        from bench.study.pareto import run_pareto
 
         run_pareto([m for m in methods if m.selects], cfg, prep, storage, out, console)
         return out

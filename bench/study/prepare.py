@@ -24,12 +24,12 @@ from bench.data.inspect import inspect_data
 from bench.data.sources import LabelledTexts, load_dataset
 from bench.data.task import Task, make_task, split
 from bench.data.text import Vocab
-from bench.embeddings import Vectors, coverage, embedding_matrix, load_vectors
+from bench.data.embeddings import Vectors, coverage, embedding_matrix, load_vectors
 from bench.errors import BenchError
 from bench.models import Backbone, is_transformer, textcnn_backbone, transformer_backbone
-from bench.pretrain import SourceModel, pretrain_source
-from bench.protocol import Protocol
-from bench.strategies import Strategy
+from bench.training.pretrain import SourceModel, pretrain_source
+from bench.training.protocol import Protocol
+from bench.training.strategies import Strategy
 
 
 @dataclass

@@ -15,12 +15,12 @@ import optuna
 from omegaconf import DictConfig
 from rich.console import Console
 
-from bench import tune as tune_mod
+from bench.study import tune as tune_mod
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
-from bench.lit import Diverged
+from bench.folder import PARETO_FILE
+from bench.training.fit import Diverged
 
-PARETO_FILE = "pareto.json"
 
 
 def dominated(a: dict[str, Any], b: dict[str, Any]) -> bool:

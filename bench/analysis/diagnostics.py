@@ -4,7 +4,6 @@ where a run's variance comes from, tuned values at the edge of their range, flag
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench import stats
-from bench.results import size_order
+from bench.analysis import stats
+from bench.folder import read_study, size_order
 
 MAJORITY = "majority"  # the majority-class floor: no variance worth splitting, nothing tuned
 
@@ -124,10 +123,7 @@ EDGE = 0.05
 def _spaces(study_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Per method, its search space by config path (hpo.space + the strategy's own, or the
     baseline's), from ``study.json``."""
-    try:
-        info = json.loads((study_dir / "study.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    info = read_study(study_dir)
     config = info.get("config") or {}
     shared = (config.get("hpo") or {}).get("space") or {}
     out = {}

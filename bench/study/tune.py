@@ -27,6 +27,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from bench.errors import BenchError
+from bench.folder import default_storage
 from bench.redact import redact_text
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -45,7 +46,7 @@ def storage_url(hpo: Mapping[str, Any], study_dir: Path | None) -> str:
         return str(hpo["storage"])
     if study_dir is None:
         raise BenchError("no Optuna storage: set hpo.storage or give a study directory")
-    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    return default_storage(study_dir)
 
 
 def open_storage(hpo: Mapping[str, Any], study_dir: Path | None) -> RDBStorage:

@@ -4,7 +4,7 @@
 
 * ``table.{md,csv,tex}``: strategies x sizes (the TF-IDF and majority-class baselines
   included), mean ± std over seeds, 95% CI of the population mean counting seed and
-  test-sample noise (:mod:`bench.stats`), seeds and collapsed runs; the best mean per size in
+  test-sample noise (:mod:`bench.analysis.stats`), seeds and collapsed runs; the best mean per size in
   bold, strategies the paired test cannot tell from it (Holm) in italics, and per size the
   smallest difference that test could detect;
 * ``budget.md``: the tuning budget per cell (trials, pruned, compute minutes);
@@ -23,7 +23,6 @@ Optuna trials read the study's storage and are skipped (with a note) when it is 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,15 +30,13 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from bench import stats
+from bench.analysis import stats
 from bench.cache import atomic_write_text
-from bench.config import dataset_label, split_method
 from bench.errors import BenchError
-from bench.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
+from bench.analysis.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_markdown, variance_table)
-from bench.transferability import ESTIMATES
-from bench.results import (DEFAULTS, RECORDS, hpo_table, load_records, record_problems,
-                           size_order)
+from bench.folder import (DEFAULTS, ESTIMATES, RECORDS, dataset_label, hpo_table, load_records,
+                          read_study, record_problems, size_order, split_method)
 
 REPORT_DIR = "report"
 DEFAULT_METRIC = "test_acc"
@@ -80,8 +77,8 @@ def strategy_order(names: Iterable[str], records: list[dict[str, Any]],
 def study_sources(study_dir: Path) -> list[str]:
     """The study's ``data.sources`` in the order it lists them (``study.json``), by name."""
     try:
-        listed = json.loads((study_dir / "study.json").read_text())["config"]["data"]["sources"]
-    except (OSError, ValueError, KeyError, TypeError):
+        listed = read_study(study_dir)["config"]["data"]["sources"]
+    except (KeyError, TypeError):
         return []
     if not isinstance(listed, list):
         return []
@@ -93,9 +90,8 @@ def legacy_validation(study_dir: Path) -> int:
     """The validation labels of a study whose records predate the ``labels`` field: the target's
     ``val_size`` in ``study.json`` when it is a count, else 0 (then the table says so)."""
     try:
-        info = json.loads((study_dir / "study.json").read_text())
-        val = info["config"]["data"]["target"]["val_size"]
-    except (OSError, ValueError, KeyError, TypeError):
+        val = read_study(study_dir)["config"]["data"]["target"]["val_size"]
+    except (KeyError, TypeError):
         return 0
     return int(val) if isinstance(val, int) and not isinstance(val, bool) else 0
 
@@ -103,10 +99,7 @@ def legacy_validation(study_dir: Path) -> int:
 def test_labels(study_dir: Path) -> bytes | None:
     """The study's test labels, encoded like the records' predictions (``study.json``), or None
     for a study made before they were kept: its intervals then count seed noise only."""
-    try:
-        labels = json.loads((study_dir / "study.json").read_text()).get("test_labels")
-    except (OSError, ValueError):
-        return None
+    labels = read_study(study_dir).get("test_labels")
     return labels.encode() if isinstance(labels, str) and labels else None
 
 
@@ -295,7 +288,8 @@ def detectable_line(cells: pd.DataFrame) -> str:
         return ""
     return (f"Smallest difference from the best that the paired test detects with "
             f"{round(100 * stats.POWER)}% power (the median over the size's comparisons with "
-            f"the best, each from its own variance parts): " + "; ".join(parts) + ". A smaller gap marked not distinguishable "
+            f"the best, each from its own variance parts): " + "; ".join(parts)
+            + ". A smaller gap marked not distinguishable "
             "is one these seeds cannot resolve, not evidence of equality.")
 
 
@@ -666,7 +660,7 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
             + f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n")
     estimates_path = study_dir / ESTIMATES
     if estimates_path.exists() and REFERENCE in order:
-        from bench import source_choice
+        from bench.analysis import source_choice
 
         estimates = source_choice.estimates_frame(estimates_path)
         result = source_choice.analyse(df, estimates, paired) if not estimates.empty else None
@@ -731,7 +725,8 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
         saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
         files["tuning.md"] = (f"{name}: tuning per cell (pruning saved about {saved:.0%} of "
                               "trial-epochs); seed: the replicate tuned on its own labels, or "
-                              "all (one tuning shared by every seed)\n\n" + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
+                              "all (one tuning shared by every seed)\n\n"
+                              + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
     return files
 
 
@@ -787,7 +782,7 @@ def report_dir(study_dir: Path, metric: str = DEFAULT_METRIC) -> Path:
 def write(study_dir: Path, metric: str = DEFAULT_METRIC,
           against: Iterable[str] = ()) -> tuple[Path, str, list[str]]:
     """Write the report's tables; returns (folder, markdown to print, notes: unreadable record
-    lines). Figures are :func:`bench.plots.write_all`'s (it reads these tables' inputs)."""
+    lines). Figures are :func:`bench.analysis.plots.write_all`'s (it reads these tables' inputs)."""
     files = build(study_dir, metric, against)
     out = report_dir(study_dir, metric)
     for name, text in files.items():

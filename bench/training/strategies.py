@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 
 from bench.errors import BenchError
-from bench.schedule import follow_new_group
+from bench.training.schedule import follow_new_group
 
 TRANSFERS = ("none", "vectors", "network")
 

@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from bench import config as config_mod
 from bench.cache import atomic_write_text, file_lock
 from bench.errors import BenchError
+from bench.folder import STUDY_FILE
 
-STUDY_FILE = "study.json"
 
 
 def claim(out: Path, cfg: DictConfig) -> None:
