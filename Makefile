@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-studies reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
+.PHONY: run test test-studies lint reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ benchmark: $(STAMP)
 ## test: the test suite, two worker processes (pytest-xdist) of one torch thread each
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not studies" $(PYTEST_ARGS)
+
+## lint: ruff over bench/ and tests/ (pyproject's [tool.ruff]; CI runs it)
+lint: $(STAMP)
+	$(BIN)/ruff check bench tests
 
 ## test-studies: rerun one recorded cell of every committed study (CI runs it after make test)
 test-studies: $(STAMP)

@@ -1,16 +1,4 @@
-"""``transfer-bench``: thin entry points over the library.
-
-    transfer-bench sweep [Hydra overrides] [-m] [--cfg job]   run (or resume) a study
-    transfer-bench report DIR [DIR ...]                       tables from records; no Hydra
-    transfer-bench data list | data fetch NAME                the dataset registry
-    transfer-bench data inspect [SOURCE] TARGET | --file F   check data before training
-    transfer-bench reproduce DIR [--cells N | --all]         rerun recorded cells, compare
-        [--strategy S] [--size N] [--seed N]                 (only those records)
-    transfer-bench benchmark [--study] [overrides]            suite vs plain PyTorch speed
-
-Problems the user can fix print one line ``error: ...`` and exit with status 2. Set
-TRANSFER_BENCH_DEBUG=1 to see the traceback instead.
-"""
+"""``transfer-bench``: thin entry points over the library (:data:`USAGE` lists them)."""
 
 from __future__ import annotations
 
@@ -22,6 +10,27 @@ from typing import Callable, Sequence
 
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
+
+USAGE = """\
+usage: transfer-bench COMMAND [ARGS]
+
+commands:
+  sweep [OVERRIDES] [-m]      run or resume a study (Hydra overrides; -m: one study per job)
+  validate [OVERRIDES]        check a study's config and list its cells; writes nothing
+  ls [KIND ...]               what exists: datasets, models, strategies, experiments, estimators
+  report DIR [DIR ...]        tables, statistics and plots from a study's records
+  reproduce DIR [--all]       rerun recorded cells in a fresh folder and compare
+  data list|fetch|inspect     the dataset registry; check your data before training
+  benchmark [OVERRIDES]       training speed of the suite next to a plain PyTorch loop
+
+examples:
+  transfer-bench ls strategies
+  transfer-bench validate experiment=movie_to_amazon_reference
+  transfer-bench sweep experiment=movie_to_amazon_reference
+  transfer-bench report results/movie_to_amazon_reference
+
+transfer-bench COMMAND --help shows a command's options. A problem you can fix prints one line
+"error: ..." and exits with status 2 (TRANSFER_BENCH_DEBUG=1 shows the traceback)."""
 
 EXIT_USAGE = 2
 _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
@@ -97,6 +106,14 @@ def validate_overrides(overrides: Sequence[str]) -> list:
         raise BenchError(_one_line(exc)) from None
 
 
+def swept_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys a multirun sweeps over (``a=1,2``, ``range(...)``, ``choice(...)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
 def sweep(argv: Sequence[str]) -> None:
     """Run a study through Hydra (override grammar, ``-m`` multirun, ``--cfg job``)."""
     import hydra
@@ -105,9 +122,18 @@ def sweep(argv: Sequence[str]) -> None:
 
     guarded(lambda: validate_overrides(hydra_overrides(argv)))
     conf = str(guarded(config_dir))
+    swept = swept_keys(hydra_overrides(argv))
 
     def task(cfg) -> None:
-        from bench.study.sweep import run_study, task_overrides
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from bench.study.sweep import multirun_study_name, run_study, task_overrides
+
+        overrides = task_overrides() or []
+        if HydraConfig.get().mode == RunMode.MULTIRUN and not any(
+                o.lstrip("+").startswith("study=") for o in overrides):
+            cfg.study = multirun_study_name(str(cfg.study), swept, overrides)  # a folder per job
 
         if cfg.get("workers", 1) == 1:
             guarded(lambda: run_study(cfg))
@@ -118,6 +144,68 @@ def sweep(argv: Sequence[str]) -> None:
 
     sys.argv = ["transfer-bench sweep", *argv]
     hydra.main(config_path=conf, config_name="config", version_base="1.3")(task)()
+
+
+def ls(argv: Sequence[str]) -> None:
+    from bench.catalog import KINDS, listing
+    from bench.config import config_dir
+
+    parser = argparse.ArgumentParser(prog="transfer-bench ls",
+                                     description="What exists to run, one line each.")
+    parser.add_argument("kinds", nargs="*", metavar="KIND",
+                        help=f"any of {', '.join(KINDS)} (default: all)")
+    args = parser.parse_args(argv)
+    for kind in args.kinds:
+        if kind not in KINDS:
+            raise BenchError(f"ls {kind!r}: choose from {', '.join(KINDS)}")
+    print(listing(list(args.kinds or KINDS), config_dir()))
+
+
+def validate(argv: Sequence[str]) -> None:
+    """Every up-front check of ``sweep``, then what each job would run; nothing is written."""
+    from bench import config as config_mod
+    from bench.folder import RECORDS, dataset_label, load_records
+    from bench.study import claim
+    from bench.training.protocol import Protocol
+
+    if any(a in ("-h", "--help") for a in argv):
+        print("usage: transfer-bench validate [OVERRIDES]\n\nCompose the config as sweep would "
+              "(Hydra overrides, comma lists for a multirun), run every up-front check, and "
+              "print each job's study folder, protocol and cells with the labels each replicate "
+              "may use. Reads no data and writes nothing.")
+        return
+    configs = validate_overrides(hydra_overrides(argv))
+    for cfg in configs:
+        strategies = [s.name for s in config_mod.strategies(cfg)]
+        sizes = config_mod.sizes(cfg)
+        out = Path(cfg.paths.results) / str(cfg.study)
+        claim.claim(out, cfg)
+        claim.check_location(out)
+        protocol = Protocol.from_config(cfg.get("protocol"))
+        recorded = len(load_records(out / RECORDS)) if (out / RECORDS).exists() else 0
+        baseline = [] if cfg.baseline.name == "none" else [str(cfg.baseline.name)]
+        methods = [*strategies, *baseline, "majority"]
+        sources = config_mod.source_configs(cfg)
+        val = cfg.data.target.get("val_size")
+        print(f"study {cfg.study} -> {out} "
+              f"({f'{recorded} records so far: it resumes' if recorded else 'new'})")
+        print(f"  {' + '.join(sources) or 'no source'} -> {dataset_label(dict(cfg.data.target))}"
+              f"; model {cfg.model.get('path') or cfg.model.get('weights') or cfg.model._target_}")
+        print(f"  protocol {protocol.describe()}")
+        trials = int(cfg.hpo.get("n_trials") or 0)
+        print(f"  {len(methods)} methods x {len(sizes)} sizes x {len(cfg.seeds)} seeds = "
+              f"{len(methods) * len(sizes) * len(cfg.seeds)} replicates; "
+              + (f"tuning {trials} trials per cell and seed" if trials else "untuned"))
+        print(f"  methods: {', '.join(methods)}")
+        for size in sizes:
+            if protocol.uses_validation_split:
+                labels = (f"{size} + {val} validation = {size + val}"
+                          if isinstance(val, int) and size != "all"
+                          else f"n + the validation split ({val})")
+            else:
+                labels = "n, the whole training pool" if size == "all" else f"{size}"
+            print(f"  size {size}: {labels} target labels per replicate")
+    print(f"valid: {len(configs)} job(s); nothing was written")
 
 
 def report(argv: Sequence[str]) -> None:
@@ -323,14 +411,14 @@ def benchmark(argv: Sequence[str]) -> None:
     print(f"\nwritten to {report['path']}")
 
 
-COMMANDS = {"sweep": sweep, "report": report, "reproduce": reproduce, "data": data,
-            "benchmark": benchmark}
+COMMANDS = {"sweep": sweep, "validate": validate, "ls": ls, "report": report,
+            "reproduce": reproduce, "data": data, "benchmark": benchmark}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.strip(), file=sys.stderr)
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
         if argv and argv[0] not in ("-h", "--help"):
             _fail(f"unknown command {argv[0]!r}; use one of {', '.join(COMMANDS)}")
         sys.exit(0 if argv else EXIT_USAGE)

@@ -306,6 +306,9 @@ def check_hpo(cfg: DictConfig) -> None:
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise BenchError(f"hpo.replicates={replicates!r}; it must be an integer >= 1 "
                          "(independent tunings per replicate seed)")
+    if n > 0 and "space" not in hpo:
+        raise BenchError(f"hpo.n_trials={n} with hpo=none: that group has no search space to "
+                         "tune; choose a tuner as well, e.g. hpo=tpe hpo.n_trials=6 (or hpo=random)")
     if replicates > 1 and n == 0:
         raise BenchError(f"hpo.replicates={replicates} repeats the tuning, but this study is "
                          "untuned (hpo.n_trials=0); add hpo=tpe")

@@ -132,3 +132,12 @@ def cell_study(storage: str, strategy: str, size: int | str, seed: int):
     (name,) = [s.study_name for s in optuna.study.get_all_study_summaries(storage)
                if s.study_name.endswith(suffix)]
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow``: every test that fetches or trains on real data, i.e. asks for the real data
+    cache (directly or through another fixture) or reruns committed studies; ``pytest -m "not
+    slow"`` is the quick loop on generated data."""
+    for item in items:
+        if "cache_home" in getattr(item, "fixturenames", ()) or item.get_closest_marker("studies"):
+            item.add_marker(pytest.mark.slow)

@@ -90,6 +90,18 @@ def test_csv_and_jsonl_loaders(tmp_path):
     assert data.classes == ["0", "1", "2"] and data.labels.tolist()[:3] == [0, 1, 2]
 
 
+def test_a_numeric_label_column_is_compared_as_numbers(tmp_path):
+    """1, 1.0 and 01 in one column are one class; 1.5 stays its own; words are left alone."""
+    path = tmp_path / "n.csv"
+    path.write_text("text,label\na,1\nb,1.0\nc,01\nd,0\ne,0.0\nf,1.5\n")
+    data = load_table(path, "text", "label")
+    assert data.classes == ["0", "1", "1.5"]
+    assert data.labels.tolist() == [1, 1, 1, 0, 0, 2]
+    words = tmp_path / "w.csv"
+    words.write_text("text,label\na,1\nb,1.0\nc,one\n")
+    assert load_table(words, "text", "label").classes == ["1", "1.0", "one"]
+
+
 @pytest.mark.parametrize("content, args, message", [
     ("text,label\na,x\nb,y\n", ("body", "label"), "no text column 'body'"),
     ("text,label\na,x\nb,y\n", ("text", "y"), "no label column 'y'"),

@@ -297,7 +297,7 @@ def broken_copy(folder: Path, tmp_path: Path, drop: tuple[str, ...] = (), config
 
 @pytest.mark.parametrize("case", ["no tokenizer", "no weights", "decoder", "max_len",
                                   "missing block", "lora on textcnn", "vectors on bert",
-                                  "sources without intermediate"])
+                                  "sources without intermediate", "lora targets"])
 def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_data, tmp_path):
     folder, extra = tiny_bert, []
     if case == "no tokenizer":
@@ -314,6 +314,8 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
         extra = ["strategy=[vectors_static]"]
     elif case == "sources without intermediate":
         extra = ["data.sources=[movie_reviews,tweets]"]
+    elif case == "lora targets":  # checked before study.json and manifest.json are written
+        extra = ["strategy=[lora]", "model.lora_targets=[nope]"]
     args = bert_study(small_data, tmp_path / "r", tmp_path / "c", folder, *extra)
     if case == "lora on textcnn":
         args = [*small_study_overrides(small_data, tmp_path / "r", tmp_path / "c"),
@@ -326,7 +328,8 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
                 "decoder": "encoders only", "max_len": "exceeds the 64 positions",
                 "missing block": "layer_7", "lora on textcnn": "transformer",
                 "vectors on bert": "word vectors",
-                "sources without intermediate": "model.intermediate=true"}[case]
+                "sources without intermediate": "model.intermediate=true",
+                "lora targets": "LoRA targets ['nope'] not found"}[case]
     assert expected in message[0]
     assert not (tmp_path / "r" / "small").exists()
 

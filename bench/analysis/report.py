@@ -306,7 +306,7 @@ def collapse_table(cells: pd.DataFrame) -> pd.DataFrame:
     hit = cells[cells["collapsed"] > 0]
     return pd.DataFrame([{
         "strategy": c["strategy"], "size": c["size"], "collapsed": f"{c['collapsed']}/{c['runs']}",
-        "mean [CI], every run": f"{c['mean']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]",
+        "mean [CI], every run": f"{c['mean']:.3f} {ci_text(c['ci_low'], c['ci_high'], c['seeds'])}",
         "mean [CI], without them": without(c)} for _, c in hit.iterrows()])
 
 
@@ -324,12 +324,24 @@ def _wide(cells: pd.DataFrame, order: list[str], fmt) -> pd.DataFrame:
 NEGATIVE = "†"  # significantly worse than scratch: negative transfer
 
 
+def ci_text(low: float, high: float, seeds: Any = None, signed: bool = False) -> str:
+    """``[low, high]``, or what a reader should read where no interval exists (one seed and no
+    test-set matrix): never ``[nan, nan]``."""
+    if pd.isna(low) or pd.isna(high):
+        return "[n/a: 1 seed]" if seeds == 1 else "[n/a]"
+    return f"[{low:+.3f}, {high:+.3f}]" if signed else f"[{low:.3f}, {high:.3f}]"
+
+
+def _spread(c: pd.Series) -> str:
+    return "" if pd.isna(c["std"]) else f" ± {c['std']:.3f}"
+
+
 def _md_cell(c: pd.Series) -> str:
     mean = f"{c['mean']:.3f}"
     mean = f"**{mean}**" if c["best"] else f"*{mean}*" if c["indistinguishable"] else mean
     mark = NEGATIVE if c.get("negative") else ""
     down = f"; {c['collapsed']} collapsed" if c["collapsed"] else ""
-    return (f"{mean}{mark} ± {c['std']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}] "
+    return (f"{mean}{mark}{_spread(c)} {ci_text(c['ci_low'], c['ci_high'], c['seeds'])} "
             f"({c['seeds']}{down})")
 
 
@@ -337,7 +349,8 @@ def _tex_cell(c: pd.Series) -> str:
     mean = f"{c['mean']:.3f}"
     mean = rf"\textbf{{{mean}}}" if c["best"] else rf"\underline{{{mean}}}" if c["indistinguishable"] \
         else mean
-    return rf"{mean} $\pm$ {c['std']:.3f} \scriptsize[{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
+    spread = "" if pd.isna(c["std"]) else rf" $\pm$ {c['std']:.3f}"
+    return rf"{mean}{spread} \scriptsize{ci_text(c['ci_low'], c['ci_high'], c['seeds'])}"
 
 
 def _budget_cell(c: pd.Series) -> str:
@@ -501,7 +514,7 @@ def tuning_gain_files(study_dir: Path, df: pd.DataFrame, order: list[str], name:
         "tuned": table["tuned"].map(lambda v: f"{v:.3f}"),
         "default": table["default"].map(lambda v: f"{v:.3f}"),
         "tuning bought": table["gain"].map(lambda v: f"{v:+.3f}"),
-        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "95% CI": [ci_text(lo, hi, signed=True) for lo, hi in zip(table["ci_low"], table["ci_high"])],
         "p (Holm)": table["p_holm"].map(_fmt_p),
         "default kept": [f"{k}/{n}" for k, n in zip(table["default_kept"], table["pairs"])],
         "verdict": table["verdict"]})
@@ -558,7 +571,7 @@ def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, 
     shown = pd.DataFrame({
         "strategy": gains["strategy"], "size": gains["size"], "seeds": gains["pairs"],
         f"gain vs {reference}": gains["gain"].map(lambda v: f"{v:+.3f}"),
-        "95% CI": [f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(gains["ci_low"], gains["ci_high"])],
+        "95% CI": [ci_text(lo, hi, signed=True) for lo, hi in zip(gains["ci_low"], gains["ci_high"])],
         "p": gains["p"].map(_fmt_p), "p (Holm)": gains["p_holm"].map(_fmt_p),
         "verdict": gains["verdict"]})
     return {
@@ -765,8 +778,9 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
             col = f"n={size} {name}"
             out[col] = ""
             for _, c in cells[cells["size"] == size].iterrows():
-                out.loc[c["strategy"], col] = (f"{c['mean']:.3f} [{c['ci_low']:.3f}, "
-                                               f"{c['ci_high']:.3f}] ({c['seeds']})")
+                out.loc[c["strategy"], col] = (f"{c['mean']:.3f} "
+                                               f"{ci_text(c['ci_low'], c['ci_high'], c['seeds'])} "
+                                               f"({c['seeds']})")
     out.index.name = "strategy"
     return (f"{metric}, mean [{LEVEL_PCT}% CI of the mean] (seeds), side by side\n\n"
             + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")

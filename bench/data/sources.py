@@ -241,6 +241,20 @@ def _read_jsonl(path: Path, dropped: dict[str, int]) -> tuple[list[str], list[di
     return list(dict.fromkeys(k for r in rows for k in r)), rows
 
 
+def numeric_labels(labels: list[str]) -> list[str]:
+    """A label column whose every value is a number is compared as numbers: ``1``, ``1.0`` and
+    ``01`` are one class (named ``1``), not three. Other columns are left as written."""
+    import math
+
+    try:
+        values = [float(v) for v in labels]
+    except ValueError:
+        return labels
+    if not all(math.isfinite(v) for v in values):
+        return labels
+    return [str(int(v)) if v.is_integer() else repr(v) for v in values]
+
+
 def load_table(path: str | Path, text_column: str, label_column: str,
                split_column: str | None = None, name: str | None = None,
                delimiter: str | None = None) -> LabelledTexts:
@@ -289,7 +303,7 @@ def load_table(path: str | Path, text_column: str, label_column: str,
         else:
             keep.append(r)
     texts = [str(r[text_column]).strip() for r in keep]
-    labels = [str(r[label_column]).strip() for r in keep]
+    labels = numeric_labels([str(r[label_column]).strip() for r in keep])
     split = None
     if split_column:
         split = [str(r.get(split_column) or "").strip().lower() for r in keep]

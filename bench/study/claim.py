@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from bench import config as config_mod
 from bench.cache import atomic_write_text, file_lock
 from bench.errors import BenchError
-from bench.folder import STUDY_FILE
+from bench.folder import STUDY_FILE, read_study
 
 
 
@@ -25,13 +25,9 @@ def claim(out: Path, cfg: DictConfig) -> None:
     """Refuse to mix records of a different configuration into an existing study directory,
     including a strategy redefined under a name the study already ran."""
     identity = config_mod.study_hash(cfg)
-    info = out / STUDY_FILE
-    if not info.exists():
+    existing = read_study(out)  # a damaged study.json is named, not taken for another study
+    if not existing:
         return
-    try:
-        existing = json.loads(info.read_text())
-    except json.JSONDecodeError:
-        existing = {}
     if existing.get("study_hash") != identity:
         raise BenchError(f"{out} holds a study with a different configuration; choose another "
                          f"name with study=NAME (or move the old one away)")

@@ -28,6 +28,7 @@ from bench.study import tune as tune_mod
 from bench.cache import file_lock, stable_hash
 from bench.errors import BenchError
 from bench.training.fit import Diverged, quiet_lightning
+from bench.training.strategies import build_model
 from bench.training.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
                            with_params)
 from bench.study.prepare import data_provenance, prepare, resolve_size
@@ -227,6 +228,23 @@ def task_overrides() -> list[str] | None:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
+def multirun_study_name(study: str, swept: list[str], overrides: list[str]) -> str:
+    """A multirun job's own study folder (``sweep -m train.lr=1e-3,3e-3``: one study per LR,
+    ``<study>/train.lr=0.001``): the job's values of the swept keys that change results, like
+    Hydra's ``override_dirname``. Jobs that differ only in grid keys (strategies, sizes, seeds,
+    where results go) or in the experiment share or name their study as before."""
+    own = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        grid = key in config_mod.GRID_KEYS or key.startswith(("paths.", "hydra."))
+        if key in swept and not grid and key not in ("experiment", "study"):
+            own.append(override.lstrip("+~"))
+    if not own:
+        return study
+    name = ",".join(sorted(own))
+    return f"{study}/{''.join(c if c.isalnum() or c in '._=,+-' else '_' for c in name)}"
+
+
 def run_study(cfg: DictConfig, console: Console | None = None,
               overrides: list[str] | None = None) -> Path:
     """Check, prepare, run the missing cells, write records and the table; return the study dir."""
@@ -240,6 +258,14 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     studydir.claim(out, cfg)
     studydir.check_location(out)  # before minutes of preparation, without creating anything
     prep = prepare(cfg, strategies, sizes, console)
+    for strategy in strategies:  # adapters on module names the model lacks: say so before
+        if strategy.lora:        # anything is written, not at the first fit
+            models = prep.source_models or next(
+                (side.models for side in prep.sources.values() if side.models), {})
+            source = next(iter(models.values()), None)
+            build_model(strategy, lambda: prep.make_model(cfg.model), prep.matrix,
+                        source.state_dict if source else None,
+                        lora_targets=list(cfg.model.get("lora_targets") or ()))
     studydir.make_writable(out)
     tuning = int(cfg.hpo.n_trials) > 0
     storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
