@@ -236,7 +236,7 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
     n=200, the first fold)."""
-    from bench.training.methods import NeuralMethod
+    from bench.study.methods import NeuralMethod
 
     method = NeuralMethod(prep, cfg, Strategy("full", "network", "all"))
     out = []

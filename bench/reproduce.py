@@ -108,7 +108,7 @@ def decide_tolerance(run: dict[str, Any], here_versions: dict[str, Any],
     """The tolerance for reruns of manifest entry ``run`` on this machine, and why, in words.
 
     Exact only when bitwise equality can be expected: same software versions, same numerics
-    identity, and a CPU run (GPU kernels are compared within tolerance, see the README). A
+    identity, and a CPU run (GPU kernels are compared within tolerance, see docs/reproducibility.md). A
     manifest without a numerics identity (older versions recorded only the CPU model name, which
     proved too coarse) gets the tolerance too.
     """
@@ -278,7 +278,7 @@ def _rerun(by_run: dict[str, list[dict[str, Any]]], runs: dict[str, Any],
            console: Console) -> tuple[list[dict[str, Any]], set[str], dict[str, str]]:
     """Retrain each record's final fit under its run's config: comparison rows, environment
     warnings, and each run's tolerance reason."""
-    from bench.training.methods import BaselineMethod, MajorityMethod, NeuralMethod
+    from bench.study.methods import BaselineMethod, MajorityMethod, NeuralMethod
     from bench.study.prepare import prepare
 
     rows: list[dict[str, Any]] = []

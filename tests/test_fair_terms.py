@@ -44,7 +44,7 @@ def test_each_transformer_strategy_has_its_own_range_and_default():
     assert by_name["full"].defaults == {}                    # the model's train.lr, 5e-5
     assert float(cfg.train.lr) == 5e-5
     # every default sits inside its own range: the first trial is the untuned setting
-    from bench.training.methods import with_params
+    from bench.study.methods import with_params
 
     for s in strategies(cfg):
         first = default_trial(space[s.name], with_params(cfg, s.defaults))

@@ -12,11 +12,11 @@ import optuna
 import pytest
 import torch
 
-from bench.training import methods as methods_mod
+from bench.study import methods as methods_mod
 from bench.config import cell_hash, compose_config, strategies
 from bench.data.task import Task
 from bench.data.batching import passes_per_round
-from bench.training.methods import NeuralMethod, BaselineMethod, Fit
+from bench.study.methods import NeuralMethod, BaselineMethod, Fit
 from bench.models.textcnn import TextCNN
 from bench.study.prepare import prepare
 from bench.study.records import fit_flags

@@ -233,7 +233,7 @@ def test_lp_ft_second_phase_starts_from_the_first_phases_best_head(tmp_path, sma
                                                                     monkeypatch):
     from conftest import small_study_overrides
 
-    from bench.training import methods
+    from bench.study import methods
     from bench.config import check
     from bench.study.prepare import prepare
 

@@ -226,7 +226,7 @@ def bert_study(data, results: Path, cache: Path, folder: Path, *extra: str) -> l
 
 def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small_data, tmp_path):
     """The same frozen cell trained on cached features and through the whole network."""
-    from bench.training.methods import NeuralMethod
+    from bench.study.methods import NeuralMethod
     from bench.study.prepare import prepare
 
     cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
@@ -247,7 +247,7 @@ def test_lp_ft_probe_stage_on_cached_features_equals_the_live_model(tiny_bert, s
                                                                    tmp_path):
     """LP-FT's probe stage on the cached features, then fine-tuning through the network: the
     same fit as both stages live."""
-    from bench.training.methods import NeuralMethod
+    from bench.study.methods import NeuralMethod
     from bench.study.prepare import prepare
 
     cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
@@ -379,7 +379,7 @@ def test_intermediate_fine_tuning_on_the_source_task_is_trained_once_and_transfe
         tiny_bert, small_data, tmp_path):
     """STILTs: ``model.intermediate=true`` fine-tunes the pretrained encoder on the source
     task first (cached like the TextCNN's source model); ``false`` transfers the hub weights."""
-    from bench.training.methods import NeuralMethod
+    from bench.study.methods import NeuralMethod
     from bench.study.prepare import prepare
 
     def prepared(flag: str):

@@ -263,11 +263,8 @@ def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
     notes: list[str] = []
     records = load_records(study_dir / RECORDS)
     if records:
-        df = report_mod.frame(records, metric, report_mod.legacy_validation(study_dir),
-                              report_mod.test_labels(study_dir))
-        order = report_mod.strategy_order(df["strategy"], records,
-                                          report_mod.study_sources(study_dir))
-        cells = report_mod.cell_table(df, order)
+        tables = report_mod.load(study_dir, metric)
+        df, order, cells = tables.df, tables.order, tables.cells
         if cells["n_train"].nunique() > 1:  # the title states the protocol and labels used
             learning_curves(cells, order, metric,
                             f"{study_dir.name}\n{report_mod.protocol_line(df)}", out)

@@ -24,6 +24,7 @@ Optuna trials read the study's storage and are skipped (with a note) when it is 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -587,23 +588,40 @@ def _gains_files(df: pd.DataFrame, order: list[str], reference: str, name: str, 
     }
 
 
-def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()) -> dict[str, str]:
-    """All table files as {name: text}; deterministic given the records. Gains are always
-    against ``scratch`` (when the study has it) and also against each strategy in ``against``."""
+@dataclass
+class StudyTables:
+    """One study folder read once: its records, the per-replicate frame, the row order and the
+    cell statistics every table, the side-by-side and the figures are made from."""
+    study_dir: Path
+    metric: str
+    records: list[dict[str, Any]]
+    df: pd.DataFrame
+    order: list[str]
+    cells: pd.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.study_dir.name
+
+
+def load(study_dir: Path, metric: str = DEFAULT_METRIC) -> StudyTables:
+    """The one pipeline from a study folder to its cells: records -> frame -> order -> cells."""
     records = load_records(study_dir / RECORDS)
     if not records:
         raise BenchError(f"{study_dir} has no records ({RECORDS}); run a sweep first")
     df = frame(records, metric, legacy_validation(study_dir), test_labels(study_dir))
     order = strategy_order(df["strategy"], records, study_sources(study_dir))
-    cells = cell_table(df, order)
-    name = study_dir.name
-    files: dict[str, str] = {}
+    return StudyTables(study_dir, metric, records, df, order, cell_table(df, order))
 
-    negative = negative_transfer(df, order)
-    cells["negative"] = [(st, sz) in negative for st, sz in zip(cells["strategy"], cells["size"])]
+
+def table_files(t: StudyTables, negative: dict) -> dict[str, str]:
+    """table.md (with its notes: detectable gaps, collapsed runs, flagged fits), .csv, .tex."""
+    df, order, cells, name, metric = t.df, t.order, t.cells, t.name, t.metric
+    cells = cells.assign(negative=[(st, sz) in negative
+                                   for st, sz in zip(cells["strategy"], cells["size"])])
     wide = _wide(cells, order, _md_cell)
     seeds = sorted(df["seed"].unique())
-    files["table.md"] = (
+    md = (
         f"{name}: {metric}, mean ± std over seeds [{LEVEL_PCT}% CI of the population mean] "
         f"(seeds; collapsed runs)\n\n"
         + protocol_line(df) + "\n\n"
@@ -620,127 +638,179 @@ def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()
            f"Holm), listed in negative_transfer.md." if negative else "") + "\n")
     detect = detectable_line(cells)
     if detect:
-        files["table.md"] += "\n" + detect + "\n"
+        md += "\n" + detect + "\n"
     collapses = collapse_table(cells)
     if not collapses.empty:
-        files["table.md"] += ("\nCells with collapsed runs (the mean and its interval read "
-                              "differently without them):\n\n"
-                              + collapses.to_markdown(index=False, disable_numparse=True) + "\n")
+        md += ("\nCells with collapsed runs (the mean and its interval read "
+               "differently without them):\n\n"
+               + collapses.to_markdown(index=False, disable_numparse=True) + "\n")
+    flags = flags_table(df)
+    if not flags.empty:
+        md += ("\nFlagged fits (at_cap: best held-out score at the last round "
+               "allowed, still improving; below_majority: best held-out accuracy "
+               "under the majority-class rate), see flags.md: "
+               + "; ".join(f"{r.strategy} n={r.size}: {r.flags} ({r.seeds})"
+                           for r in flags.itertuples()) + "\n")
     csv = cells.drop(columns="negative").assign(
         **{k: cells[k].round(6) for k in ("mean", "std", "ci_low", "ci_high", "p_vs_best",
                                           "mean_without_collapsed", "ci_low_without_collapsed",
                                           "ci_high_without_collapsed", "detectable_first",
                                           "detectable_last")},
         minutes=cells["minutes"].round(2))
-    files["table.csv"] = csv.to_csv(index=False, lineterminator="\n")
     tex = _wide(cells, order, _tex_cell)
     tex.index = [s.replace("_", r"\_") for s in tex.index]
     tex.columns = [c.replace("n=", "$n=") + "$" for c in tex.columns]
-    files["table.tex"] = tex.style.to_latex(
+    latex = tex.style.to_latex(
         hrules=True, column_format="l" + "c" * tex.shape[1],
         caption=f"{name.replace('_', ' ')}: {metric.replace('_', ' ')}, mean $\\pm$ std over "
                 f"{len(seeds)} seeds, {LEVEL_PCT}\\% CI of the population mean; best in bold, not "
                 "distinguishable from it (paired test, Holm) underlined.")
-    flags = flags_table(df)
-    if not flags.empty:
-        files["table.md"] += ("\nFlagged fits (at_cap: best held-out score at the last round "
-                              "allowed, still improving; below_majority: best held-out accuracy "
-                              "under the majority-class rate), see flags.md: "
-                              + "; ".join(f"{r.strategy} n={r.size}: {r.flags} ({r.seeds})"
-                                          for r in flags.itertuples()) + "\n")
-        files["flags.md"] = (f"{name}: flagged fits\n\n"
-                             + flags.to_markdown(index=False, disable_numparse=True) + "\n")
-    files["budget.md"] = (f"{name}: tuning and training budget per cell\n\n"
-                          + _wide(cells, order, _budget_cell).to_markdown(disable_numparse=True) + "\n")
+    return {"table.md": md, "table.csv": csv.to_csv(index=False, lineterminator="\n"),
+            "table.tex": latex}
 
+
+def flags_files(t: StudyTables) -> dict[str, str]:
+    flags = flags_table(t.df)
+    if flags.empty:
+        return {}
+    return {"flags.md": (f"{t.name}: flagged fits\n\n"
+                         + flags.to_markdown(index=False, disable_numparse=True) + "\n")}
+
+
+def budget_files(t: StudyTables) -> dict[str, str]:
+    return {"budget.md": (f"{t.name}: tuning and training budget per cell\n\n"
+                          + _wide(t.cells, t.order, _budget_cell).to_markdown(disable_numparse=True)
+                          + "\n")}
+
+
+def gains_files(t: StudyTables, against: Iterable[str]) -> dict[str, str]:
+    """gains.md against scratch (when the study has it), gains_vs_X.md for each ``against``."""
+    files: dict[str, str] = {}
     for reference in dict.fromkeys((REFERENCE, *against)):
-        if reference not in order:
+        if reference not in t.order:
             if reference == REFERENCE:
                 continue  # a study without scratch simply has no gains.md
-            raise BenchError(f"--against {reference}: {name} has no records of that strategy; "
-                             f"use one of {', '.join(order)}")
+            raise BenchError(f"--against {reference}: {t.name} has no records of that strategy; "
+                             f"use one of {', '.join(t.order)}")
         stem = "gains" if reference == REFERENCE else f"gains_vs_{reference}"
-        files.update(_gains_files(df, order, reference, name, metric, stem))
-
-    if negative:  # only when there is some: older studies' reports stay as they were
-        listed = pd.DataFrame([{"strategy": st, "size": sz, "gain vs scratch": f"{r['gain']:+.3f}",
-                                "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                                "p (Holm)": _fmt_p(r["p_holm"])}
-                               for (st, sz), r in negative.items()])
-        files["negative_transfer.md"] = (
-            f"{name}: negative transfer: cells significantly worse than {REFERENCE}\n\n"
-            + protocol_line(df) + "\n\n" + listed.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n")
-    estimates_path = study_dir / ESTIMATES
-    if estimates_path.exists() and REFERENCE in order:
-        from bench.analysis import source_choice
-
-        estimates = source_choice.estimates_frame(estimates_path)
-        result = source_choice.analyse(df, estimates, paired) if not estimates.empty else None
-        # no source table yet: estimates are recorded before any fine-tuning, so a report made
-        # before the first transferring strategy's records (a parallel job's) has none
-        if result is not None and not result["sources"].empty:
-            files["transferability.md"] = source_choice.markdown(result, name, metric)
-            files["transferability.csv"] = result["sources"].round(6).to_csv(
-                index=False, lineterminator="\n")
-            if not result["estimators"].empty:
-                files["transferability_agreement.csv"] = result["estimators"].round(6).to_csv(
-                    index=False, lineterminator="\n")
-
-    eff = efficiency_table(cells[cells["strategy"] != MAJORITY], order)
-    if not eff.empty:
-        files["efficiency.md"] = (
-            f"{name}: target labels `{REFERENCE}` needs to match each strategy\n\n"
-            + protocol_line(df) + "\n\n"
-            + eff.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
-            "'more than measured' when it never reaches the score. The multiple's interval "
-            "inverts that curve at the ends of the cell's confidence interval (scratch's own "
-            "noise is not counted); a lower end at or below 1x reads '<= 1x': no label saving "
-            "is claimed.\n")
-        files["efficiency.csv"] = eff.to_csv(index=False, lineterminator="\n")
-
-    variance = variance_table(df, order)
-    if not variance.empty:
-        files["variance.md"] = (
-            f"{name}: where the spread of one run's {metric} comes from\n\n" + protocol_line(df)
-            + "\n\n" + variance_markdown(variance).to_markdown(index=False, disable_numparse=True)
-            + "\n\n"
-            + VARIANCE_NOTE + "\n")
-        files["variance.csv"] = variance.to_csv(index=False, lineterminator="\n")
-    edges = edge_table(records, study_dir)
-    if not edges.empty:
-        files["edges.md"] = (
-            f"{name}: tuned values at the edge of their search range\n\n"
-            + edges.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
-            "ranges) of an end: the range may have bound the search; widen it and rerun.\n")
-
-    files.update(tuning_gain_files(study_dir, df, order, name, metric))
-    cost = cost_table(df, order)
-    if not cost.empty:
-        capped = int(df.loc[df["steps"].notna(), "at_cap"].sum())
-        shown = cost.assign(**{"mean": cost["mean"].map(lambda v: f"{v:.3f}"),
-                               "final fit s": cost["final fit s"].map(lambda v: f"{v:.1f}"),
-                               "selection s": cost["selection s"].map(lambda v: f"{v:.0f}")})
-        files["cost.md"] = (
-            f"{name}: what each strategy costs, beside its {metric}\n\n" + protocol_line(df)
-            + "\n\n" + shown.to_markdown(index=False, disable_numparse=True)
-            + f"\n\nMedians over the cell's replicates; device: "
-            f"{', '.join(sorted(set(df['device'])))}. {capped} of "
-            f"{int(df['steps'].notna().sum())} neural final fits carry at_cap (still improving "
-            "at the last round allowed). Selection s: every trial's folds, the default's "
-            "included.\n")
-        files["cost.csv"] = cost.round(6).to_csv(index=False, lineterminator="\n")
-
-    tuning = hpo_table(records)
-    if not tuning.empty:
-        saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
-        files["tuning.md"] = (f"{name}: tuning per cell (pruning saved about {saved:.0%} of "
-                              "trial-epochs); seed: the replicate tuned on its own labels, or "
-                              "all (one tuning shared by every seed)\n\n"
-                              + tuning.to_markdown(index=False, disable_numparse=True) + "\n")
+        files.update(_gains_files(t.df, t.order, reference, t.name, t.metric, stem))
     return files
+
+
+def negative_transfer_files(t: StudyTables, negative: dict) -> dict[str, str]:
+    if not negative:  # only when there is some: older studies' reports stay as they were
+        return {}
+    listed = pd.DataFrame([{"strategy": st, "size": sz, "gain vs scratch": f"{r['gain']:+.3f}",
+                            "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                            "p (Holm)": _fmt_p(r["p_holm"])}
+                           for (st, sz), r in negative.items()])
+    return {"negative_transfer.md": (
+        f"{t.name}: negative transfer: cells significantly worse than {REFERENCE}\n\n"
+        + protocol_line(t.df) + "\n\n" + listed.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n")}
+
+
+def transferability_files(t: StudyTables) -> dict[str, str]:
+    estimates_path = t.study_dir / ESTIMATES
+    if not estimates_path.exists() or REFERENCE not in t.order:
+        return {}
+    from bench.analysis import source_choice
+
+    estimates = source_choice.estimates_frame(estimates_path)
+    result = source_choice.analyse(t.df, estimates, paired) if not estimates.empty else None
+    # no source table yet: estimates are recorded before any fine-tuning, so a report made
+    # before the first transferring strategy's records (a parallel job's) has none
+    if result is None or result["sources"].empty:
+        return {}
+    files = {"transferability.md": source_choice.markdown(result, t.name, t.metric),
+             "transferability.csv": result["sources"].round(6).to_csv(
+                 index=False, lineterminator="\n")}
+    if not result["estimators"].empty:
+        files["transferability_agreement.csv"] = result["estimators"].round(6).to_csv(
+            index=False, lineterminator="\n")
+    return files
+
+
+def efficiency_files(t: StudyTables) -> dict[str, str]:
+    eff = efficiency_table(t.cells[t.cells["strategy"] != MAJORITY], t.order)
+    if eff.empty:
+        return {}
+    return {"efficiency.md": (
+        f"{t.name}: target labels `{REFERENCE}` needs to match each strategy\n\n"
+        + protocol_line(t.df) + "\n\n"
+        + eff.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
+        "'more than measured' when it never reaches the score. The multiple's interval "
+        "inverts that curve at the ends of the cell's confidence interval (scratch's own "
+        "noise is not counted); a lower end at or below 1x reads '<= 1x': no label saving "
+        "is claimed.\n"),
+        "efficiency.csv": eff.to_csv(index=False, lineterminator="\n")}
+
+
+def variance_files(t: StudyTables) -> dict[str, str]:
+    variance = variance_table(t.df, t.order)
+    if variance.empty:
+        return {}
+    return {"variance.md": (
+        f"{t.name}: where the spread of one run's {t.metric} comes from\n\n"
+        + protocol_line(t.df) + "\n\n"
+        + variance_markdown(variance).to_markdown(index=False, disable_numparse=True)
+        + "\n\n" + VARIANCE_NOTE + "\n"),
+        "variance.csv": variance.to_csv(index=False, lineterminator="\n")}
+
+
+def edge_files(t: StudyTables) -> dict[str, str]:
+    edges = edge_table(t.records, t.study_dir)
+    if edges.empty:
+        return {}
+    return {"edges.md": (
+        f"{t.name}: tuned values at the edge of their search range\n\n"
+        + edges.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
+        "ranges) of an end: the range may have bound the search; widen it and rerun.\n")}
+
+
+def cost_files(t: StudyTables) -> dict[str, str]:
+    df = t.df
+    cost = cost_table(df, t.order)
+    if cost.empty:
+        return {}
+    capped = int(df.loc[df["steps"].notna(), "at_cap"].sum())
+    shown = cost.assign(**{"mean": cost["mean"].map(lambda v: f"{v:.3f}"),
+                           "final fit s": cost["final fit s"].map(lambda v: f"{v:.1f}"),
+                           "selection s": cost["selection s"].map(lambda v: f"{v:.0f}")})
+    return {"cost.md": (
+        f"{t.name}: what each strategy costs, beside its {t.metric}\n\n" + protocol_line(df)
+        + "\n\n" + shown.to_markdown(index=False, disable_numparse=True)
+        + f"\n\nMedians over the cell's replicates; device: "
+        f"{', '.join(sorted(set(df['device'])))}. {capped} of "
+        f"{int(df['steps'].notna().sum())} neural final fits carry at_cap (still improving "
+        "at the last round allowed). Selection s: every trial's folds, the default's "
+        "included.\n"),
+        "cost.csv": cost.round(6).to_csv(index=False, lineterminator="\n")}
+
+
+def tuning_files(t: StudyTables) -> dict[str, str]:
+    tuning = hpo_table(t.records)
+    if tuning.empty:
+        return {}
+    saved = 1 - tuning["epochs run"].sum() / max(tuning["epochs unpruned (est.)"].sum(), 1)
+    return {"tuning.md": (f"{t.name}: tuning per cell (pruning saved about {saved:.0%} of "
+                          "trial-epochs); seed: the replicate tuned on its own labels, or "
+                          "all (one tuning shared by every seed)\n\n"
+                          + tuning.to_markdown(index=False, disable_numparse=True) + "\n")}
+
+
+def build(study_dir: Path, metric: str = "test_acc", against: Iterable[str] = ()) -> dict[str, str]:
+    """All table files as {name: text}; deterministic given the records. Gains are always
+    against ``scratch`` (when the study has it) and also against each strategy in ``against``."""
+    t = load(study_dir, metric)
+    negative = negative_transfer(t.df, t.order)
+    return {**table_files(t, negative), **flags_files(t), **budget_files(t),
+            **gains_files(t, against), **negative_transfer_files(t, negative),
+            **transferability_files(t), **efficiency_files(t), **variance_files(t),
+            **edge_files(t), **tuning_gain_files(study_dir, t.df, t.order, t.name, metric),
+            **cost_files(t), **tuning_files(t)}
 
 
 def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
@@ -759,15 +829,11 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
         raise BenchError("--side-by-side was given the same study twice")
     tables, lines, order, protocols = {}, [], [], []
     for d, label in zip(dirs, labels):
-        records = load_records(d / RECORDS)
-        if not records:
-            raise BenchError(f"{d} has no records ({RECORDS}); run a sweep first")
-        df = frame(records, metric, legacy_validation(d), test_labels(d))
-        names = strategy_order(df["strategy"], records, study_sources(d))
-        order += [n for n in names if n not in order]
-        tables[label] = cell_table(df, names)
-        protocols.append(" + ".join(sorted(df["protocol"].unique())))
-        lines.append(f"- `{label}`: {protocol_line(df)} {interval_note(df)}")
+        t = load(d, metric)
+        order += [n for n in t.order if n not in order]
+        tables[label] = t.cells
+        protocols.append(" + ".join(sorted(t.df["protocol"].unique())))
+        lines.append(f"- `{label}`: {protocol_line(t.df)} {interval_note(t.df)}")
     # Columns are named by protocol when that tells the studies apart, else by study.
     if len(set(protocols)) == len(protocols):
         tables = dict(zip(protocols, tables.values()))

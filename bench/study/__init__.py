@@ -1,2 +1,2 @@
-"""Running a study: preparation, the study loop, tuning, Pareto fronts, workers, claiming the
-folder, records and transferability estimates."""
+"""Running a study: preparation, methods (a strategy or baseline as something to tune), the
+study loop, tuning, Pareto fronts, workers, claiming the folder, records and estimates."""

@@ -1,7 +1,7 @@
 """The study loop: load everything once; for each (strategy, size) cell and replicate seed,
 choose the setting inside the protocol (tuned or not), fit it, test it once, append a record.
 
-Preparation lives in :mod:`bench.study.prepare`, the methods a cell runs in :mod:`bench.training.methods`,
+Preparation lives in :mod:`bench.study.prepare`, the methods a cell runs in :mod:`bench.study.methods`,
 the study folder's rules in :mod:`bench.study.claim`, the record schema in :mod:`bench.folder`.
 
 Records are keyed by (strategy, size, seed) and carry the cell's identity hash; running the same
@@ -29,7 +29,7 @@ from bench.cache import file_lock, stable_hash
 from bench.errors import BenchError
 from bench.training.fit import Diverged, quiet_lightning
 from bench.training.strategies import build_model
-from bench.training.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
+from bench.study.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
                            with_params)
 from bench.study.prepare import data_provenance, prepare, resolve_size
 from bench.folder import (DEFAULTS, RECORDS, Key, append_record, encode_labels, load_records,
@@ -56,7 +56,7 @@ def publish_report(out: Path, console: Console) -> None:
     for note in notes:
         console.print(f"note: {note}")
     print((folder / "table.md").read_text(), end="")
-    console.print(f"report written to {folder} (gains, efficiency, plots: see the README)")
+    console.print(f"report written to {folder} (what each file holds: docs/results.md)")
 
 
 def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, storage: Any,
