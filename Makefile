@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-studies lint reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
+.PHONY: run test test-studies lint reports reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ variance: $(STAMP)
 ## strategies: regenerate the committed all-strategies study (50, 200, 1000 labels, 5 seeds)
 strategies: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_strategies $(ARGS)
-	$(BIN)/transfer-bench report results/movie_to_amazon_strategies
+	$(BIN)/transfer-bench report results/movie_to_amazon_strategies --against full
 
 ## minilm: run or resume the committed MiniLM study (10 strategies, 50/200/1,000 labels, 5 seeds; days on a 2-core CPU)
 minilm: $(STAMP)
@@ -85,6 +85,29 @@ benchmark: $(STAMP)
 ## test: the test suite, two worker processes (pytest-xdist) of one torch thread each
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not studies" $(PYTEST_ARGS)
+
+## reports: every committed report from its records, as committed (tests/test_reference.py
+## checks them byte for byte; README/docs blocks quote them)
+R := $(BIN)/transfer-bench report
+reports: $(STAMP)
+	$(R) results/movie_to_amazon_reference
+	$(R) results/movie_to_amazon_reference_fixed_val
+	$(R) results/movie_to_amazon_reference results/movie_to_amazon_reference_fixed_val \
+	    --side-by-side results/movie_to_amazon_reference/report/protocols.md
+	$(R) results/movie_to_amazon_variance
+	$(R) results/movie_to_amazon_strategies --against full
+	$(R) results/amazon_multisource
+	$(R) results/reuters_multisource
+	$(R) results/reuters_multisource --metric test_f1
+	$(R) results/reuters_multisource_longer
+	$(R) results/reuters_multisource_longer --metric test_f1
+	$(R) results/reuters_multisource results/reuters_multisource_longer \
+	    --side-by-side results/reuters_multisource_longer/report/capped_vs_longer.md
+	$(R) results/movie_to_amazon_minilm
+	$(R) results/movie_to_amazon_strategies results/movie_to_amazon_minilm \
+	    --side-by-side results/movie_to_amazon_minilm/report/textcnn_vs_minilm.md
+	$(R) results/legacy/movie_to_amazon_reference
+	$(R) results/legacy/movie_to_amazon_strategies --against full
 
 ## lint: ruff over bench/ and tests/ (pyproject's [tool.ruff]; CI runs it)
 lint: $(STAMP)
