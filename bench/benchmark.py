@@ -233,6 +233,49 @@ def measure_transformer(prep: Any, cfg: Any, epochs: int, repeats: int,
                       statistics.median(plain_acc))
 
 
+def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, rounds: int,
+                   ) -> list[dict[str, Any]]:
+    """Each strategy's own training fit on n target labels, as a study's final fit runs it
+    (its own train defaults, caching of frozen features, LP-FT's two stages), for ``rounds``
+    rounds without validation or test: optimizer steps x batch / second. A strategy that trains
+    on cached features is also timed with the cache off (the live network), the speed-up's
+    before and after. The first fit of a process computes the cache; the figure is the second.
+    """
+    from bench.study.methods import NeuralMethod
+    from bench.study.prepare import prepare
+
+    cfg = config_mod.compose_config([f"strategy=[{','.join(names)}]", "baseline=none",
+                                     "hpo=none", *overrides])
+    config_mod.check(cfg)
+    strategies = config_mod.strategies(cfg)
+    prep = prepare(cfg, strategies, [n])
+    rows = []
+    for strategy in strategies:
+        method = NeuralMethod(prep, cfg, strategy)
+        variants = [("", method)]
+        if method.caches or method.caches_probe_stage:
+            live = NeuralMethod(prep, cfg, strategy)
+            live.caches = live.caches_probe_stage = False
+            variants.append((" (live, no cache)", live))
+        for label, m in variants:
+            subset = m.subset(n, 0)
+            phases = [rounds, rounds] if strategy.lp_ft else [rounds]
+            times, fit = [], None
+            for _ in range(2):
+                start = time.perf_counter()
+                fit = m._fit({}, subset, None, 0, test=False, rounds=phases)
+                times.append(time.perf_counter() - start)
+            bs = int(strategy.train.get("batch_size", cfg.train.batch_size))
+            rows.append({"strategy": strategy.name + label, "trainable": fit.trainable,
+                         "steps": fit.steps, "first_s": round(times[0], 2),
+                         "seconds": round(times[1], 2),
+                         "examples_per_s": round(fit.steps * bs / times[1], 1)})
+    full = next((r["examples_per_s"] for r in rows if r["strategy"] == "full"), None)
+    for r in rows:
+        r["vs_full"] = round(r["examples_per_s"] / full, 2) if full else None
+    return rows
+
+
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
     n=200, the first fold)."""
@@ -336,7 +379,8 @@ def aggregate_throughput(overrides: Sequence[str], ks: Sequence[int], epochs: in
 
 def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         out_dir: Path, examples: int | None = None,
-        concurrency: Sequence[int] = ()) -> dict[str, Any]:
+        concurrency: Sequence[int] = (), per_strategy: Sequence[str] = (),
+        strategy_n: int = 200) -> dict[str, Any]:
     from bench.study.prepare import prepare
 
     quiet_lightning()
@@ -379,6 +423,9 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
                                     2)})
     if concurrency:
         report["concurrent"] = aggregate_throughput(overrides, concurrency, epochs, examples)
+    if per_strategy:
+        report["strategies"] = {"n": strategy_n, "rounds": epochs,
+                                "rows": strategy_rates(overrides, per_strategy, strategy_n, epochs)}
     if study:
         report["default_study"] = time_default_study([])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -425,6 +472,15 @@ def table(report: dict[str, Any]) -> str:
         rows += [f"| {r['k']} | {r['threads_each']} | {r['examples_per_s']:,.1f} | "
                  f"{', '.join(f'{x:,.0f}' for x in r['per_process'])} | "
                  f"{r['ratio_to_1']:.2f}x |" for r in report["concurrent"]]
+    if report.get("strategies"):
+        st = report["strategies"]
+        rows += ["", f"| strategy (a final fit on {st['n']} target labels, {st['rounds']} rounds) "
+                     "| trainable weights | optimizer steps | examples/s | vs full |",
+                 "|---|---|---|---|---|"]
+        rows += [f"| {r['strategy']} | {r['trainable']:,} | {r['steps']} | "
+                 f"{r['examples_per_s']:,.1f} | "
+                 + (f"{r['vs_full']:.2f}x |" if r["vs_full"] is not None else "|")
+                 for r in st["rows"]]
     head = (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
             + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
             f"task: {report['task']['source']}, {report['task']['train_examples']} training "

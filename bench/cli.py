@@ -388,6 +388,11 @@ def benchmark(argv: Sequence[str]) -> None:
     parser.add_argument("--concurrency", default="",
                         help="also measure K concurrent trial processes for each K, e.g. 1,2,4")
     parser.add_argument("--concurrent-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--strategies", default="",
+                        help="also time each strategy's own fit on the target (e.g. "
+                             "frozen,full,lora,bitfit; cached-feature ones also live)")
+    parser.add_argument("--strategy-n", type=int, default=200,
+                        help="target labels for --strategies fits (default 200)")
     parser.add_argument("--study", action="store_true",
                         help="also time the default study (`transfer-bench sweep`) end to end")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"),
@@ -405,8 +410,11 @@ def benchmark(argv: Sequence[str]) -> None:
                          "1,2,4") from None
     if any(k < 1 for k in ks):
         raise BenchError(f"--concurrency {args.concurrency!r}; counts must be >= 1")
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    if args.strategy_n < 2:
+        raise BenchError(f"--strategy-n {args.strategy_n}; give at least 2 labels")
     report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out,
-                    args.examples, ks)
+                    args.examples, ks, names, args.strategy_n)
     print(bm.table(report))
     print(f"\nwritten to {report['path']}")
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import run_cli, small_study_overrides
+from tests.test_transformer import tiny_bert  # noqa: F401 - the fixture
 
 
 def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, cache):
@@ -37,3 +38,25 @@ def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, 
 def test_benchmark_rejects_a_bad_concurrency_list(tmp_path, small_data, cache):
     proc = run_cli("benchmark", "--concurrency", "1,zero")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --concurrency")
+
+
+def test_benchmark_times_each_strategy_and_its_cache(tmp_path, small_data, tiny_bert):
+    """--strategies: one row per strategy's own fit; the cached-feature ones (frozen, LP-FT's
+    probe stage) also live, with the same steps; trainable weights as the records count them."""
+    from tests.test_transformer import bert_study  # noqa: F811
+
+    overrides = [a for a in bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert)
+                 if not a.startswith(("hpo=", "baseline="))]
+    out = tmp_path / "bench"
+    proc = run_cli("benchmark", *overrides, "--epochs", "2", "--repeats", "1", "--out", str(out),
+                   "--strategies", "frozen,full,lp_ft,lora", "--strategy-n", "40")
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("*.json")
+    rows = {r["strategy"]: r for r in json.loads(path.read_text())["strategies"]["rows"]}
+    assert set(rows) == {"frozen", "frozen (live, no cache)", "full", "lp_ft",
+                         "lp_ft (live, no cache)", "lora"}
+    assert rows["frozen"]["steps"] == rows["frozen (live, no cache)"]["steps"] > 0
+    assert rows["lp_ft"]["steps"] == rows["lp_ft (live, no cache)"]["steps"]
+    assert rows["frozen"]["trainable"] < rows["lora"]["trainable"] < rows["full"]["trainable"]
+    assert rows["full"]["vs_full"] == 1.0 and all(r["examples_per_s"] > 0 for r in rows.values())
+    assert "| lora |" in proc.stdout and "vs full" in proc.stdout
