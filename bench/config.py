@@ -294,7 +294,7 @@ def schedule_spec(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def check_hpo(cfg: DictConfig) -> None:
-    from bench.study.tune import check_space, make_pruner
+    from bench.search_space import check_space, make_pruner
 
     hpo = cfg.hpo
     n = hpo.n_trials
@@ -329,7 +329,7 @@ def check_hpo(cfg: DictConfig) -> None:
                 raise BenchError(f"{where}.{name} sets {path!r}, which is not a config key; use "
                                  "a key such as train.lr, train.weight_decay or model.dropout")
     if OmegaConf.select(cfg, "hpo.start_at_default", default=False) and hpo.mode == "grid":
-        from bench.study.tune import default_trial
+        from bench.search_space import default_trial
 
         for strategy in strategies(cfg):  # the first trial is the default: it must be in range
             cell = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

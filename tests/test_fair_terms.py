@@ -12,7 +12,7 @@ import torch
 
 from bench.config import compose_config, strategies, study_hash
 from bench.errors import BenchError
-from bench.study.tune import default_trial, suggest
+from bench.search_space import default_trial, suggest
 from tests.conftest import REPO, run_cli, small_study_overrides
 from tests.test_transformer import bert_study, tiny_bert  # noqa: F401 - the fixture
 

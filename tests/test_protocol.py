@@ -20,7 +20,7 @@ from bench.study.methods import NeuralMethod, BaselineMethod, Fit
 from bench.models.textcnn import TextCNN
 from bench.study.prepare import prepare
 from bench.study.records import fit_flags
-from bench.study.tune import PRUNERS, make_pruner
+from bench.search_space import PRUNERS, make_pruner
 
 from conftest import run_cli, small_study_overrides
 

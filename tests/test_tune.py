@@ -25,7 +25,8 @@ from conftest import cell_study, run_cli, small_study_overrides
 
 WORKER = """
 import sys, time
-from bench.study.tune import open_storage, open_study, run_trials, make_pruner
+from bench.search_space import make_pruner
+from bench.study.tune import open_storage, open_study, run_trials
 url, name, n, worker = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 storage = open_storage({"storage": url, "heartbeat_interval": 1, "grace_period": 5}, None)
 study = open_study(name, storage, seed=0, pruner=make_pruner(None), attrs={}, worker_id=worker)

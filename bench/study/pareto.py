@@ -15,6 +15,7 @@ import optuna
 from omegaconf import DictConfig
 from rich.console import Console
 
+from bench import search_space
 from bench.study import tune as tune_mod
 from bench.cache import atomic_write_text
 from bench.errors import BenchError
@@ -56,7 +57,7 @@ def run_pareto(methods: list[Any], cfg: DictConfig, prep: Any, storage: Any, out
 
         def objective(trial: optuna.Trial, method: Any = method) -> tuple[float, float]:
             n = trial.suggest_int("size", low, pool, log=True)
-            params = tune_mod.suggest(trial, method.space)
+            params = search_space.suggest(trial, method.space)
             trial.set_user_attr("params", params)
             try:
                 chosen = method.select(params, n, int(hpo.seed))

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import config as config_mod
 from bench import manifest as manifest_mod
+from bench import search_space
 from bench.study import claim as studydir
 from bench.study import tune as tune_mod
 from bench.cache import file_lock, stable_hash
@@ -82,7 +83,7 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
              "protocol": cfg.protocol.name, "target": cfg.data.target.name,
              "source": cfg.data.source.name, "vectors": cfg.embeddings.kind,
              "metric": "held-out accuracy"}
-    pruner = tune_mod.make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True) if method.prunes
+    pruner = search_space.make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True) if method.prunes
                                   else None)
     warmup = int(OmegaConf.select(cfg, "hpo.pruner.n_warmup_steps", default=0) or 0)
     # Each (cell, size, replicate) gets its own sampler seed: cells must not all try the same
@@ -99,7 +100,7 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
                             skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
-        params = tune_mod.suggest(trial, method.space)
+        params = search_space.suggest(trial, method.space)
         trial.set_user_attr("params", params)
         callbacks = [tune_mod.PruneAfterWarmup(trial, "val_acc", warmup)] if method.prunes else []
         try:
@@ -177,8 +178,8 @@ def default_setting(method: Method, cfg: DictConfig) -> dict[str, Any]:
     """``{parameter name: value}`` of the method's untuned setting in its search space (the
     baseline's own keys, e.g. ``C``, live in ``baseline.*``)."""
     if isinstance(method, BaselineMethod):
-        return tune_mod.default_trial(method.space, OmegaConf.create(method.settings))
-    return tune_mod.default_trial(method.space, with_params(cfg, method.defaults))
+        return search_space.default_trial(method.space, OmegaConf.create(method.settings))
+    return search_space.default_trial(method.space, with_params(cfg, method.defaults))
 
 
 def _selection_attrs(chosen: Selection) -> dict[str, Any]:
