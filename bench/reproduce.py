@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from bench import config as config_mod
-from bench import hardware
+from bench import hardware as hardware_mod
 from bench import manifest as manifest_mod
 from bench.cache import atomic_write_text, cache_root, sha256_file
 from bench.errors import BenchError
@@ -89,11 +89,11 @@ def environment_differences(run: dict[str, Any], here_versions: dict[str, Any] |
                             here_hardware: dict[str, Any] | None = None) -> list[str]:
     """What differs between the recording run and this machine, one line each (warnings)."""
     here_versions = here_versions or manifest_mod.versions()
-    here_hardware = here_hardware or hardware.describe()
+    here_hardware = here_hardware or hardware_mod.describe()
     out = _version_differences(run.get("versions") or {}, here_versions)
     old_hw = run.get("hardware") or {}
     if isinstance(old_hw.get("numerics"), dict):  # names CPU and GPUs too, and more
-        return out + [f"numerics {d} (manifest vs here)" for d in hardware.same_numerics(
+        return out + [f"numerics {d} (manifest vs here)" for d in hardware_mod.same_numerics(
             old_hw["numerics"], here_hardware.get("numerics") or {})[1]]
     for key in ("cpu", "gpus"):
         old, here = old_hw.get(key), here_hardware.get(key)
@@ -133,7 +133,7 @@ def decide_tolerance(run: dict[str, Any], here_versions: dict[str, Any],
         return CROSS_MACHINE_TOLERANCE, (
             f"the run used a GPU ({devices or 'unnamed'}), whose kernels are not all "
             f"deterministic (trainer deterministic: warn); {instead}")
-    same, diffs = hardware.same_numerics(recorded, here)
+    same, diffs = hardware_mod.same_numerics(recorded, here)
     if not same:
         return CROSS_MACHINE_TOLERANCE, (
             f"numerics differ (manifest vs here): {'; '.join(diffs)}; {instead}")
@@ -284,7 +284,7 @@ def _rerun(by_run: dict[str, list[dict[str, Any]]], runs: dict[str, Any],
     rows: list[dict[str, Any]] = []
     warnings: set[str] = set()
     reasons: dict[str, str] = {}
-    here_versions, here_hardware = manifest_mod.versions(), hardware.describe()
+    here_versions, here_hardware = manifest_mod.versions(), hardware_mod.describe()
     for run_id, recs in by_run.items():
         entry, cfg = runs[run_id], configs[run_id]
         for d in environment_differences(entry, here_versions, here_hardware):
