@@ -12,7 +12,8 @@ from bench.analysis.report import DEFAULT_METRIC, report_dir
 
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md", "variance.md", "variance.csv")
-MINILM_RECORDS = 33  # so far: 3 frozen replicates + 15 TF-IDF + 15 majority
+MINILM_RECORDS = 46  # so far: scratch, frozen, partial at 50 labels x 5 seeds, full x 1,
+# 15 TF-IDF + 15 majority
 COMMITTED = [  # (study, report arguments, extra tables, records)
     # 3 sizes x (4 strategies + TF-IDF + majority) x 5 seeds
     ("movie_to_amazon_reference", [], ("flags.md", "edges.md"), 3 * 6 * 5),
@@ -24,7 +25,8 @@ COMMITTED = [  # (study, report arguments, extra tables, records)
     ("movie_to_amazon_strategies", ["--against", "full"],
      ("flags.md", "edges.md", "gains_vs_full.md", "gains_vs_full.csv"), 3 * 12 * 5),
     # all-MiniLM-L6-v2 on fair terms, as far as it has run (it resumes): the records so far
-    ("movie_to_amazon_minilm", [], ("flags.md", "cost.md", "tuning_gain.md"),
+    ("movie_to_amazon_minilm", [], ("flags.md", "cost.md", "tuning_gain.md", "gains.md",
+                                    "transferability.md"),
      MINILM_RECORDS),
     # 4 sources: 3 sizes x (scratch + 4 x (frozen, full) + TF-IDF + majority) x 5 seeds
     ("amazon_multisource", [], ("flags.md", "negative_transfer.md", "transferability.md",

@@ -99,3 +99,25 @@ def test_a_multirun_over_a_value_gives_each_job_its_own_study(small_data, tmp_pa
         assert info["config"]["train"]["lr"] == float(study.name.split("=")[1])
         table = (study / "report" / "table.md").read_text()
         assert "nan" not in table and "[n/a: 1 seed]" in table
+
+
+def test_a_one_seed_cell_of_a_running_study_is_neither_best_nor_tested(tmp_path):
+    """The reference study with frozen's 50-label cell cut to seed 0 (as a resumed study has
+    it mid-way): that cell reads "n/a: 1 seed" and the bold best is another cell."""
+    study = tmp_path / "movie_to_amazon_reference"
+    shutil.copytree(REPO / "results" / study.name, study,
+                    ignore=shutil.ignore_patterns("report", "reproductions"))
+    lines = (study / "records.jsonl").read_text().splitlines()
+    kept = [line for line in lines if not (json.loads(line)["strategy"] == "frozen"
+                                          and json.loads(line)["size"] == 50
+                                          and json.loads(line)["seed"] != 0)]
+    (study / "records.jsonl").write_text("\n".join(kept) + "\n")
+    proc = run_cli("report", str(study), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    row = next(r for r in (study / "report" / "table.md").read_text().splitlines()
+               if r.startswith("| frozen "))
+    cell = row.split("|")[2]
+    assert "[n/a: 1 seed] (1)" in cell and "**" not in cell and "*" not in cell and "±" not in cell
+    column = [r.split("|")[2] for r in (study / "report" / "table.md").read_text().splitlines()
+              if r.startswith("| ") and "strategy" not in r]
+    assert sum("**" in c for c in column) == 1

@@ -238,7 +238,7 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         rows.append({"strategy": strategy, "size": size, "n_train": int(g["n_train"].iloc[0]),
                      "labels": int(g["labels"].iloc[0]),
                      "seeds": len(means), "runs": len(g), "mean": means.mean(),
-                     "std": means.std(ddof=1) if len(means) > 1 else 0.0,
+                     "std": means.std(ddof=1) if len(means) > 1 else math.nan,
                      "ci_low": est.low, "ci_high": est.high,
                      "collapsed": int(down.sum()),
                      "mean_without_collapsed": math.nan if clean is None else clean.mean,
@@ -256,6 +256,9 @@ def cell_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     cells["detectable_first"] = math.nan   # at Holm's first step, alpha / m
     cells["detectable_last"] = math.nan    # at its last, alpha
     for size, g in cells.groupby("size"):
+        # A cell of one seed (a study still running) has no seed variance to test with: it
+        # is neither the best nor compared, so one lucky run cannot outrank five.
+        g = g[g["seeds"] >= 2] if (g["seeds"] >= 2).any() else g
         best = g["mean"].idxmax()
         cells.loc[best, "best"] = True
         others = [i for i in g.index if i != best]
