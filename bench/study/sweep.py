@@ -29,7 +29,6 @@ from bench.study import tune as tune_mod
 from bench.cache import file_lock, stable_hash
 from bench.errors import BenchError
 from bench.training.fit import Diverged, quiet_lightning
-from bench.training.strategies import build_model
 from bench.study.methods import (BaselineMethod, MajorityMethod, Method, NeuralMethod, Selection,
                            with_params)
 from bench.study.prepare import data_provenance, prepare, resolve_size
@@ -259,14 +258,10 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     studydir.claim(out, cfg)
     studydir.check_location(out)  # before minutes of preparation, without creating anything
     prep = prepare(cfg, strategies, sizes, console)
+    first_source = next(iter(prep.sources)) if prep.multi_source else None
     for strategy in strategies:  # adapters on module names the model lacks: say so before
-        if strategy.lora:        # anything is written, not at the first fit
-            models = prep.source_models or next(
-                (side.models for side in prep.sources.values() if side.models), {})
-            source = next(iter(models.values()), None)
-            build_model(strategy, lambda: prep.make_model(cfg.model), prep.matrix,
-                        source.state_dict if source else None,
-                        lora_targets=list(cfg.model.get("lora_targets") or ()))
+        if strategy.lora:        # anything is written, not at the first fit (the fits' build)
+            NeuralMethod(prep, cfg, strategy, None, first_source)._build(strategy, cfg)
     studydir.make_writable(out)
     tuning = int(cfg.hpo.n_trials) > 0
     storage = tune_mod.open_storage(OmegaConf.to_container(cfg.hpo, resolve=True), out) \
