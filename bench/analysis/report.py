@@ -672,6 +672,12 @@ def table_files(t: StudyTables, negative: dict) -> dict[str, str]:
             "table.tex": latex}
 
 
+def _page(title: str, table: pd.DataFrame, note: str, df: pd.DataFrame | None = None) -> str:
+    """A report page: its title, the protocol line (when ``df`` is given), the table, a note."""
+    return (f"{title}\n\n" + ("" if df is None else protocol_line(df) + "\n\n")
+            + table.to_markdown(index=False, disable_numparse=True) + note)
+
+
 def flags_files(t: StudyTables) -> dict[str, str]:
     flags = flags_table(t.df)
     if flags.empty:
@@ -707,10 +713,9 @@ def negative_transfer_files(t: StudyTables, negative: dict) -> dict[str, str]:
                             "95% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
                             "p (Holm)": _fmt_p(r["p_holm"])}
                            for (st, sz), r in negative.items()])
-    return {"negative_transfer.md": (
-        f"{t.name}: negative transfer: cells significantly worse than {REFERENCE}\n\n"
-        + protocol_line(t.df) + "\n\n" + listed.to_markdown(index=False, disable_numparse=True)
-        + f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n")}
+    return {"negative_transfer.md": _page(
+        f"{t.name}: negative transfer: cells significantly worse than {REFERENCE}", listed,
+        f"\n\nFrom gains.md: Holm over all its comparisons, alpha {ALPHA}.\n", t.df)}
 
 
 def transferability_files(t: StudyTables) -> dict[str, str]:
@@ -738,15 +743,13 @@ def efficiency_files(t: StudyTables) -> dict[str, str]:
     eff = efficiency_table(t.cells[t.cells["strategy"] != MAJORITY], t.order)
     if eff.empty:
         return {}
-    return {"efficiency.md": (
-        f"{t.name}: target labels `{REFERENCE}` needs to match each strategy\n\n"
-        + protocol_line(t.df) + "\n\n"
-        + eff.to_markdown(index=False, disable_numparse=True)
-        + f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
+    return {"efficiency.md": _page(
+        f"{t.name}: target labels `{REFERENCE}` needs to match each strategy", eff,
+        f"\n\nFrom {REFERENCE}'s mean learning curve, interpolated linearly in log size; "
         "'more than measured' when it never reaches the score. The multiple's interval "
         "inverts that curve at the ends of the cell's confidence interval (scratch's own "
         "noise is not counted); a lower end at or below 1x reads '<= 1x': no label saving "
-        "is claimed.\n"),
+        "is claimed.\n", t.df),
         "efficiency.csv": eff.to_csv(index=False, lineterminator="\n")}
 
 
@@ -754,11 +757,9 @@ def variance_files(t: StudyTables) -> dict[str, str]:
     variance = variance_table(t.df, t.order)
     if variance.empty:
         return {}
-    return {"variance.md": (
-        f"{t.name}: where the spread of one run's {t.metric} comes from\n\n"
-        + protocol_line(t.df) + "\n\n"
-        + variance_markdown(variance).to_markdown(index=False, disable_numparse=True)
-        + "\n\n" + VARIANCE_NOTE + "\n"),
+    return {"variance.md": _page(
+        f"{t.name}: where the spread of one run's {t.metric} comes from",
+        variance_markdown(variance), "\n\n" + VARIANCE_NOTE + "\n", t.df),
         "variance.csv": variance.to_csv(index=False, lineterminator="\n")}
 
 
@@ -766,10 +767,9 @@ def edge_files(t: StudyTables) -> dict[str, str]:
     edges = edge_table(t.records, t.study_dir)
     if edges.empty:
         return {}
-    return {"edges.md": (
-        f"{t.name}: tuned values at the edge of their search range\n\n"
-        + edges.to_markdown(index=False, disable_numparse=True)
-        + f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
+    return {"edges.md": _page(
+        f"{t.name}: tuned values at the edge of their search range", edges,
+        f"\n\nA best value within {EDGE:.0%} of the range's width (log width for log "
         "ranges) of an end: the range may have bound the search; widen it and rerun.\n")}
 
 
