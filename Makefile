@@ -93,7 +93,8 @@ reports: $(STAMP)
 	$(R) results/movie_to_amazon_reference
 	$(R) results/movie_to_amazon_reference_fixed_val
 	$(R) results/movie_to_amazon_reference results/movie_to_amazon_reference_fixed_val \
-	    --side-by-side results/movie_to_amazon_reference/report/protocols.md
+	    --side-by-side results/movie_to_amazon_reference/report/protocols.md \
+	    --side-by-side results/movie_to_amazon_reference/report/protocols.html
 	$(R) results/movie_to_amazon_variance
 	$(R) results/movie_to_amazon_strategies --against full
 	$(R) results/amazon_multisource
@@ -102,10 +103,12 @@ reports: $(STAMP)
 	$(R) results/reuters_multisource_longer
 	$(R) results/reuters_multisource_longer --metric test_f1
 	$(R) results/reuters_multisource results/reuters_multisource_longer \
-	    --side-by-side results/reuters_multisource_longer/report/capped_vs_longer.md
+	    --side-by-side results/reuters_multisource_longer/report/capped_vs_longer.md \
+	    --side-by-side results/reuters_multisource_longer/report/capped_vs_longer.html
 	$(R) results/movie_to_amazon_minilm
 	$(R) results/movie_to_amazon_strategies results/movie_to_amazon_minilm \
-	    --side-by-side results/movie_to_amazon_minilm/report/textcnn_vs_minilm.md
+	    --side-by-side results/movie_to_amazon_minilm/report/textcnn_vs_minilm.md \
+	    --side-by-side results/movie_to_amazon_minilm/report/textcnn_vs_minilm.html
 	$(R) results/legacy/movie_to_amazon_reference
 	$(R) results/legacy/movie_to_amazon_strategies --against full
 

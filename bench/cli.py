@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.cache import atomic_write_text
 from bench.errors import BenchError
 
 USAGE = """\
@@ -18,7 +17,7 @@ commands:
   sweep [OVERRIDES] [-m]      run or resume a study (Hydra overrides; -m: one study per job)
   validate [OVERRIDES]        check a study's config and list its cells; writes nothing
   ls [KIND ...]               what exists: datasets, models, strategies, experiments, estimators
-  report DIR [DIR ...]        tables, statistics and plots from a study's records
+  report DIR [DIR ...]        tables, statistics, plots and report/index.html from the records
   reproduce DIR [--all]       rerun recorded cells in a fresh folder and compare
   data list|fetch|inspect     the dataset registry; check your data before training
   benchmark [OVERRIDES]       training speed of the suite next to a plain PyTorch loop
@@ -209,7 +208,7 @@ def validate(argv: Sequence[str]) -> None:
 
 
 def report(argv: Sequence[str]) -> None:
-    from bench.analysis import report as report_mod
+    from bench.analysis import publish
 
     parser = argparse.ArgumentParser(
         prog="transfer-bench report",
@@ -222,9 +221,11 @@ def report(argv: Sequence[str]) -> None:
     parser.add_argument("--against", action="append", metavar="STRATEGY",
                         help="also compare every strategy with this one (gains_vs_STRATEGY.md); "
                              "repeatable; the comparison with scratch is always made")
-    parser.add_argument("--side-by-side", type=Path, metavar="FILE",
+    parser.add_argument("--side-by-side", type=Path, metavar="FILE", action="append",
                         help="also write one table of all the studies given, cell by cell "
-                             "(e.g. the same study under two protocols), to FILE")
+                             "(e.g. the same study under two protocols), to FILE: Markdown, or "
+                             "a page with each study's table and curves when FILE ends in .html; "
+                             "repeatable")
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not d.is_dir():
@@ -232,20 +233,16 @@ def report(argv: Sequence[str]) -> None:
     if args.side_by_side is not None and len(args.dirs) < 2:
         raise BenchError("--side-by-side needs two or more study directories")
     for d in args.dirs:
-        out, text, notes = report_mod.write(d, args.metric, against=args.against or ())
-        if not args.no_plots:
-            from bench.analysis import plots as plots_mod
-
-            notes += plots_mod.write_all(d, out, args.metric)
+        out, text, notes = publish.publish(d, args.metric, against=args.against or (),
+                                           plots=not args.no_plots)
         print(f"## {d.name}\n\n{text}")
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        print(f"report written to {out}", file=sys.stderr)
-    if args.side_by_side is not None:
-        text = report_mod.side_by_side(args.dirs, args.metric)
-        atomic_write_text(args.side_by_side, text)
+        print(f"report written to {out} (open {out / 'index.html'})", file=sys.stderr)
+    for target in args.side_by_side or ():
+        text = publish.side_by_side(args.dirs, target, args.metric)
         print(f"## side by side\n\n{text}")
-        print(f"side-by-side table written to {args.side_by_side}", file=sys.stderr)
+        print(f"side-by-side written to {target}", file=sys.stderr)
 
 
 def data(argv: Sequence[str]) -> None:

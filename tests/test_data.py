@@ -117,3 +117,55 @@ def test_bad_tables_are_named(tmp_path, content, args, message):
     path.write_text(content)
     with pytest.raises(BenchError, match=message):
         load_table(path, *args)
+
+
+def _as_csv_reads(data):
+    return ([data.texts[i] for i in range(len(data))], data.labels.tolist(), data.classes,
+            None if data.split is None else data.split.tolist())
+
+
+def test_parquet_and_a_datasets_folder_read_like_the_csv(tmp_path, monkeypatch):
+    """The same rows as Parquet, as a ``save_to_disk`` Dataset and as a DatasetDict (its
+    train / test parts are the split; ClassLabel ints read as their names) load exactly like
+    the CSV, with the same checks."""
+    import datasets
+    import pandas as pd
+
+    from bench.data.sources import HF_SPLIT_COLUMN
+
+    csv_path = write_sentiment_csv(tmp_path / "d.csv", 40, seed=3,
+                                   part=lambda i: "test" if i % 5 == 0 else "train")
+    frame = pd.read_csv(csv_path)
+    want = _as_csv_reads(load_table(csv_path, "text", "label", "part"))
+    frame.to_parquet(tmp_path / "d.parquet")
+    assert _as_csv_reads(load_table(tmp_path / "d.parquet", "text", "label", "part")) == want
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(tmp_path / "ds"))
+    assert _as_csv_reads(load_table(tmp_path / "ds", "text", "label", "part")) == want
+    classes = datasets.ClassLabel(names=["neg", "pos"])
+    parts = {}
+    for part, name in (("train", "train"), ("test", "test")):
+        rows = frame[frame["part"] == part]
+        parts[name] = datasets.Dataset.from_dict(
+            {"text": rows["text"].tolist(), "label": [classes.str2int(v) for v in rows["label"]]},
+            features=datasets.Features({"text": datasets.Value("string"), "label": classes}))
+    datasets.DatasetDict(parts).save_to_disk(str(tmp_path / "dd"))
+    got = load_table(tmp_path / "dd", "text", "label")
+    assert got.classes == ["neg", "pos"] and len(got) == 40
+    assert sorted(zip(*_as_csv_reads(got)[:2])) == sorted(zip(*want[:2]))
+    assert (got.split == "test").sum() == 8
+    assert set(got.files) == {f"dd/{p.relative_to(tmp_path / 'dd')}"
+                              for p in (tmp_path / "dd").rglob("*") if p.is_file()}
+    # the same column checks, one line each
+    with pytest.raises(BenchError, match=r"no text column 'body' \(columns: 'text', 'label', "):
+        load_table(tmp_path / "d.parquet", "body", "label")
+    with pytest.raises(BenchError, match=f"no split column 'part'.*{HF_SPLIT_COLUMN[:5]}"):
+        load_table(tmp_path / "dd", "text", "label", "part")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(BenchError, match="cannot parse .*bad.parquet as Parquet"):
+        load_table(tmp_path / "bad.parquet", "text", "label")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(BenchError, match="not a folder saved by datasets' save_to_disk"):
+        load_table(tmp_path / "empty_dir", "text", "label")
+    monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # the extra not installed
+    with pytest.raises(BenchError, match=r"needs the datasets package \(pip install "):
+        load_table(tmp_path / "ds", "text", "label")

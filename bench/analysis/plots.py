@@ -1,16 +1,22 @@
-"""The report's figures, PNG and PDF: colour-blind-safe colours, and every strategy also has its
-own marker and line style, so a greyscale print still tells them apart."""
+"""The report's figures, PNG and PDF beside the tables and inline SVG in the study's page:
+colour-blind-safe colours, and every strategy also has its own marker and line style, so a
+greyscale print still tells them apart."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
+# SVG for the page: text stays text (small, searchable) and ids come from a fixed salt, so the
+# same figure gives the same bytes on every run (reports are byte-for-byte reproducible).
+matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "transfer-bench"})
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -45,36 +51,102 @@ def _legend(ax: plt.Axes, entries: int) -> None:
         ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
-def _save(fig: plt.Figure, out: Path, stem: str) -> list[str]:
+@dataclass
+class Figures:
+    """What :func:`write_all` drew: the notes on what it skipped, each figure as inline SVG
+    (by file stem) for the page, and the tuned cells' trials (empty without a storage)."""
+    notes: list[str] = field(default_factory=list)
+    svg: dict[str, str] = field(default_factory=dict)
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def svg_text(fig: plt.Figure) -> str:
+    """The figure as an ``<svg>`` element to inline in HTML (no XML prolog, no date)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    # matplotlib's RDF block names the tool and licence namespaces; the page needs none of it
+    start, end = text.find("<metadata>"), text.find("</metadata>")
+    return text if start < 0 or end < 0 else text[:start] + text[end + len("</metadata>"):]
+
+
+def _save(fig: plt.Figure, out: Path | None, stem: str, drawn: Figures | None = None) -> list[str]:
+    """PNG and PDF into ``out`` (none when it is None), the SVG into ``drawn``."""
     written = []
-    for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None})):
+    for ext, meta in (() if out is None else
+                      (("png", {"Software": None}), ("pdf", {"CreationDate": None, "Producer": None}))):
         path = out / f"{stem}.{ext}"
         atomic_write(path, lambda tmp, ext=ext, meta=meta: fig.savefig(
             tmp, format=ext, dpi=150, bbox_inches="tight", metadata=meta))
         written.append(path.name)
+    if drawn is not None:
+        drawn.svg[stem] = svg_text(fig)
     plt.close(fig)
     return written
 
 
 def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: str,
-                    out: Path) -> list[str]:
-    fig, ax = plt.subplots(figsize=(6, 4))
+                    out: Path, drawn: Figures | None = None) -> list[str]:
+    """Mean and 95% CI per strategy and size, as error bars dodged sideways (in log size), so
+    each strategy's interval can be read on its own; overlaid translucent bands could not be."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     styles = _styles(order)
-    for name in order:
+    shown = [n for n in order if (cells["strategy"] == n).any()]
+    step = 0.035 if len(shown) > 1 else 0.0  # the dodge between neighbours, in log10 units
+    for i, name in enumerate(shown):
         c = cells[cells["strategy"] == name].sort_values("n_train")
-        ax.plot(c["n_train"], c["mean"], label=name, markersize=5, **styles[name])
-        ax.fill_between(c["n_train"], c["ci_low"], c["ci_high"], color=styles[name]["color"],
-                        alpha=0.12, linewidth=0)
+        x = c["n_train"] * 10 ** (step * (i - (len(shown) - 1) / 2))
+        low = (c["mean"] - c["ci_low"]).clip(lower=0).fillna(0)
+        high = (c["ci_high"] - c["mean"]).clip(lower=0).fillna(0)
+        st = styles[name]
+        ax.errorbar(x, c["mean"], yerr=[low, high], label=name, color=st["color"],
+                    marker=st["marker"], linestyle=st["linestyle"], markersize=4, capsize=2,
+                    linewidth=1, elinewidth=1)
     ax.set_xscale("log")
     sizes = sorted(cells["n_train"].unique())
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
-    ax.set_xlabel("target training examples (log scale)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI band)")
+    ax.set_xlabel("target training examples (log scale; points dodged sideways)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    _legend(ax, len(order))
-    return _save(fig, out, "learning_curves")
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out, "learning_curves", drawn)
+
+
+def gains_forest(gains: pd.DataFrame, order: list[str], metric: str, reference: str, out: Path,
+                 drawn: Figures | None = None) -> list[str]:
+    """The gains table as a forest plot: each strategy's paired difference from ``reference``
+    with its 95% CI, one panel per size, the zero line drawn; filled = Holm-significant."""
+    sizes = sorted(gains["size"].unique(), key=size_order)
+    names = [n for n in order if (gains["strategy"] == n).any()]
+    styles = _styles(order)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(2.6 * len(sizes) + 1.4,
+                                                     0.32 * len(names) + 1.2),
+                             sharey=True, squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        g = gains[gains["size"] == size].set_index("strategy")
+        for y, name in enumerate(names):
+            if name not in g.index:
+                continue
+            r, st = g.loc[name], styles[name]
+            err = None if pd.isna(r["ci_low"]) else [[r["gain"] - r["ci_low"]],
+                                                      [r["ci_high"] - r["gain"]]]
+            filled = r["verdict"] in ("better", "worse")
+            ax.errorbar([r["gain"]], [y], xerr=err, fmt=st["marker"], color=st["color"],
+                        markerfacecolor=st["color"] if filled else "white", capsize=2,
+                        markersize=5)
+        ax.axvline(0, color="0.4", linewidth=0.8)
+        ax.set_title(f"n={size}", fontsize=9)
+        ax.set_xlabel(f"gain vs {reference}")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_yticks(range(len(names)), names)
+    axes[0][0].invert_yaxis()
+    fig.suptitle(f"{metric.replace('_', ' ')}: paired gain over {reference}, 95% CI\n"
+                 "filled: significant after Holm; no bar: one seed", fontsize=9, y=1.0)
+    fig.tight_layout()
+    return _save(fig, out, "gains_forest", drawn)
 
 
 def _storage_url(study_dir: Path) -> str:
@@ -108,8 +180,8 @@ def trials_frame(study_dir: Path, records: list[dict[str, Any]]) -> pd.DataFrame
                 value, pruned = max(t.intermediate_values.values()), True
             else:
                 continue
-            rows.append({"strategy": strategy, "size": size, "number": t.number, "value": value,
-                         "pruned": pruned, **t.params})
+            rows.append({"strategy": strategy, "size": size, "study": name, "number": t.number,
+                         "value": value, "pruned": pruned, **t.params})
     return pd.DataFrame(rows)
 
 
@@ -146,7 +218,8 @@ def _legend_below(fig: plt.Figure, axes: np.ndarray) -> None:
                frameon=False, fontsize=8, bbox_to_anchor=(0.5, -0.03))
 
 
-def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str) -> list[str]:
+def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str,
+                   drawn: Figures | None = None) -> list[str]:
     sizes = sorted(trials["size"].unique(), key=size_order)
     fig, axes = _panels(sizes)
     styles = _styles(order)
@@ -167,10 +240,11 @@ def lr_sensitivity(trials: pd.DataFrame, order: list[str], out: Path, param: str
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("held-out accuracy, all replicates\n(hollow: pruned trial, its best)")
     _legend_below(fig, axes)
-    return _save(fig, out, "lr_sensitivity")
+    return _save(fig, out, "lr_sensitivity", drawn)
 
 
-def expected_best(trials: pd.DataFrame, order: list[str], out: Path) -> list[str]:
+def expected_best(trials: pd.DataFrame, order: list[str], out: Path,
+                  drawn: Figures | None = None) -> list[str]:
     """Dodge et al. (2019): expected best validation score of k trials drawn from those run."""
     sizes = sorted(trials["size"].unique(), key=size_order)
     fig, axes = _panels(sizes)
@@ -188,10 +262,10 @@ def expected_best(trials: pd.DataFrame, order: list[str], out: Path) -> list[str
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("expected best validation accuracy")
     _legend_below(fig, axes)
-    return _save(fig, out, "expected_best_vs_trials")
+    return _save(fig, out, "expected_best_vs_trials", drawn)
 
 
-def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
+def pareto_fronts(study_dir: Path, out: Path, drawn: Figures | None = None) -> list[str]:
     fronts = json.loads((study_dir / PARETO_FILE).read_text())
     names = sorted(fronts)
     styles = _styles(names)
@@ -205,10 +279,11 @@ def pareto_fronts(study_dir: Path, out: Path) -> list[str]:
     ax.set_ylabel("validation accuracy (Pareto front)")
     ax.grid(alpha=0.3)
     _legend(ax, len(names))
-    return _save(fig, out, "pareto_fronts")
+    return _save(fig, out, "pareto_fronts", drawn)
 
 
-def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
+def transferability_plot(sources: pd.DataFrame, out: Path, metric: str,
+                         drawn: Figures | None = None) -> list[str]:
     """Estimate vs measured gain over scratch, one point per source, a panel per estimator;
     sizes in different markers."""
     from bench.analysis.source_choice import estimator_columns
@@ -230,11 +305,11 @@ def transferability_plot(sources: pd.DataFrame, out: Path, metric: str) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"measured {metric} gain vs scratch")
     axes[0][-1].legend(fontsize=7)
-    return _save(fig, out, "transferability")
+    return _save(fig, out, "transferability", drawn)
 
 
 def cost_plot(cells: pd.DataFrame, cost: pd.DataFrame, order: list[str], metric: str,
-              out: Path) -> list[str]:
+              out: Path, drawn: Figures | None = None) -> list[str]:
     """Accuracy (with its interval) against trained weights, one panel per size: where
     LoRA or BitFit matches full fine-tuning at a fraction of the weights can be read off it."""
     sizes = sorted(cost["size"].unique(), key=size_order)
@@ -255,48 +330,57 @@ def cost_plot(cells: pd.DataFrame, cost: pd.DataFrame, order: list[str], metric:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{metric} (95% CI)")
     _legend(axes[0][-1], len(cost["strategy"].unique()))
-    return _save(fig, out, "cost")
+    return _save(fig, out, "cost", drawn)
 
 
-def write_all(study_dir: Path, out: Path, metric: str) -> list[str]:
-    """Every figure the study's data allows; returns notes on what was skipped and why."""
-    notes: list[str] = []
+TRIAL_COLUMNS = ("strategy", "size", "study", "number", "value", "pruned")
+
+
+def write_all(study_dir: Path, out: Path, metric: str) -> Figures:
+    """Every figure the study's data allows, as PNG and PDF in ``out`` and as SVG for the page;
+    with the notes on what was skipped and why, and the trials read for the tuning plots."""
+    drawn = Figures()
+    notes = drawn.notes
     records = load_records(study_dir / RECORDS)
     if records:
         tables = report_mod.load(study_dir, metric)
         df, order, cells = tables.df, tables.order, tables.cells
         if cells["n_train"].nunique() > 1:  # the title states the protocol and labels used
             learning_curves(cells, order, metric,
-                            f"{study_dir.name}\n{report_mod.protocol_line(df)}", out)
+                            f"{study_dir.name}\n{report_mod.protocol_line(df)}", out, drawn)
         else:
             notes.append("learning curves need at least two sizes")
+        if report_mod.REFERENCE in order:
+            gains = report_mod.gains_table(df, order)
+            if not gains.empty:
+                gains_forest(gains, order, metric, report_mod.REFERENCE, out, drawn)
         cost = report_mod.cost_table(df, order)
         if not cost.empty:
-            cost_plot(cells, cost, order, metric, out)
+            cost_plot(cells, cost, order, metric, out, drawn)
         try:
             trials = trials_frame(study_dir, records)
         except Exception as exc:  # noqa: BLE001 - a missing or unreachable storage only costs plots
             trials = pd.DataFrame()
             notes.append(f"Optuna trials unavailable ({type(exc).__name__}); "
                          "no sensitivity or expected-best plots")
+        drawn.trials = trials
         if not trials.empty:
-            params = [c for c in trials.columns
-                      if c not in ("strategy", "size", "number", "value", "pruned")]
+            params = [c for c in trials.columns if c not in TRIAL_COLUMNS]
             param = "lr" if "lr" in params else (params[0] if params else None)
             if param:
-                lr_sensitivity(trials, order, out, param)
+                lr_sensitivity(trials, order, out, param, drawn)
             why = _not_iid(study_dir)
             if why:
                 notes.append(f"no expected-best-vs-trials plot: {why}")
             else:
-                expected_best(trials, order, out)
+                expected_best(trials, order, out, drawn)
         elif not notes:
             notes.append("no tuned cells: no sensitivity or expected-best plots")
         table = out / "transferability.csv"  # the report's source-choice table, just written
         if table.exists():
             sources = pd.read_csv(table, dtype={"size": str})
             if not sources.empty:
-                transferability_plot(sources, out, metric)
+                transferability_plot(sources, out, metric, drawn)
     if (study_dir / PARETO_FILE).exists():
-        pareto_fronts(study_dir, out)
-    return notes
+        pareto_fronts(study_dir, out, drawn)
+    return drawn

@@ -241,6 +241,58 @@ def _read_jsonl(path: Path, dropped: dict[str, int]) -> tuple[list[str], list[di
     return list(dict.fromkeys(k for r in rows for k in r)), rows
 
 
+PARQUET = (".parquet", ".pq")
+HF_SPLITS = {"train": "train", "validation": "val", "val": "val", "dev": "val", "test": "test"}
+HF_SPLIT_COLUMN = "split (the folder's DatasetDict)"
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BenchError(f"cannot parse {path} as Parquet: {exc}") from None
+    return table.column_names, table.to_pylist()
+
+
+def _read_hf_folder(path: Path, label_column: str) -> tuple[list[str], list[dict[str, Any]], bool]:
+    """A folder written by ``datasets``' ``save_to_disk``: a Dataset, or a DatasetDict whose
+    train / validation / test parts become the split. Class-label ints read as their names.
+    Returns (columns, rows, whether the rows carry the DatasetDict's split)."""
+    try:
+        import datasets
+    except ImportError:
+        raise BenchError(f"{path} is a folder: reading a Hugging Face datasets folder needs the "
+                         "datasets package (pip install 'transfer-bench[hf]')") from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise BenchError(f"{path} is not a folder saved by datasets' save_to_disk "
+                         f"({type(exc).__name__}); give a CSV, TSV, JSONL or Parquet file, or "
+                         "such a folder") from None
+    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
+    columns: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for part, ds in parts:
+        if part is not None and part not in HF_SPLITS:
+            raise BenchError(f"{path}: split {part!r} of the DatasetDict is not one of "
+                             f"{', '.join(HF_SPLITS)}")
+        feature = ds.features.get(label_column)
+        names = feature.names if isinstance(feature, datasets.ClassLabel) else None
+        columns += [c for c in ds.column_names if c not in columns]
+        for row in ds.to_list():
+            if names is not None and isinstance(row.get(label_column), int) \
+                    and 0 <= row[label_column] < len(names):
+                row[label_column] = names[row[label_column]]
+            if part is not None:
+                row[HF_SPLIT_COLUMN] = HF_SPLITS[part]
+            rows.append(row)
+    split = isinstance(loaded, datasets.DatasetDict)
+    return columns + ([HF_SPLIT_COLUMN] if split else []), rows, split
+
+
 def numeric_labels(labels: list[str]) -> list[str]:
     """A label column whose every value is a number is compared as numbers: ``1``, ``1.0`` and
     ``01`` are one class (named ``1``), not three. Other columns are left as written."""
@@ -258,7 +310,9 @@ def numeric_labels(labels: list[str]) -> list[str]:
 def load_table(path: str | Path, text_column: str, label_column: str,
                split_column: str | None = None, name: str | None = None,
                delimiter: str | None = None) -> LabelledTexts:
-    """Read a delimited text file (delimiter detected, or given; ``.tsv`` = tab) or JSONL.
+    """Read a delimited text file (delimiter detected, or given; ``.tsv`` = tab), JSONL,
+    Parquet, or a Hugging Face ``datasets`` folder (``save_to_disk``; a DatasetDict's
+    train / validation / test parts are the split unless ``split_column`` names another).
 
     Rows without text or label, or with the wrong number of fields, are dropped and counted in
     ``dropped``; when most rows are unreadable the file is refused, naming the fix.
@@ -266,14 +320,21 @@ def load_table(path: str | Path, text_column: str, label_column: str,
     path = Path(path).expanduser()
     name = name or path.stem
     delimiter = delimiter_option(delimiter)
-    if not path.is_file():
+    if not path.exists():
         raise BenchError(f"data file not found: {path}")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise BenchError(f"data file is empty: {path}")
     dropped: dict[str, int] = {}
     wanted = [c for c in (text_column, label_column, split_column) if c is not None]
     try:
-        if path.suffix in (".jsonl", ".ndjson"):
+        if path.is_dir():
+            columns, rows, has_split = _read_hf_folder(path, label_column)
+            split_column = split_column or (HF_SPLIT_COLUMN if has_split else None)
+            delimiter = None
+        elif path.suffix.lower() in PARQUET:
+            columns, rows = _read_parquet(path)
+            delimiter = None
+        elif path.suffix in (".jsonl", ".ndjson"):
             columns, rows = _read_jsonl(path, dropped)
             delimiter = None
         else:
@@ -311,7 +372,10 @@ def load_table(path: str | Path, text_column: str, label_column: str,
         if bad:
             raise BenchError(f"{path}: split column {split_column!r} has values {bad}; "
                              "allowed: train, val, test")
-    data = _encode(name, texts, labels, split, {path.name: str(path)}, dropped)
+    # what the manifest checksums: the file, or every file of a datasets folder
+    files = ({f"{path.name}/{f.relative_to(path)}": str(f) for f in sorted(path.rglob("*"))
+              if f.is_file()} if path.is_dir() else {path.name: str(path)})
+    data = _encode(name, texts, labels, split, files, dropped)
     if split is not None:
         train_classes = set(data.labels[data.split != "test"].tolist())
         unseen = sorted(data.classes[i] for i in set(data.labels.tolist()) - train_classes)

@@ -41,14 +41,13 @@ def publish_report(out: Path, console: Console) -> None:
     """The study's report (``transfer-bench report``'s tables and figures) from every record so
     far, its table printed. Why here: the table a sweep ends with should be the one with the
     intervals and tests, not a second, weaker summary. A report problem costs only the report."""
-    from bench.analysis import plots, report
+    from bench.analysis import publish
 
     try:
         # Parallel launcher jobs of one study each end here: one report at a time, or one
         # job's figures read the tables another job is rewriting.
         with file_lock(out / "report.lock"):
-            folder, _, notes = report.write(out)
-            notes += plots.write_all(out, folder, report.DEFAULT_METRIC)
+            folder, _, notes = publish.publish(out)
     except BenchError as exc:
         console.print(f"warning: no report ({exc}); the records are kept: run transfer-bench "
                       f"report {out}")
