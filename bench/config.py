@@ -216,7 +216,7 @@ def check_device(cfg: DictConfig) -> None:
         raise BenchError(f"trainer.devices={devices} but only {have} GPU(s) are visible")
 
 
-LOGGERS = ("none", "csv", "tensorboard")
+LOGGERS = ("none", "csv", "tensorboard", "mlflow")
 
 
 def check_logger(cfg: DictConfig) -> None:
@@ -229,6 +229,16 @@ def check_logger(cfg: DictConfig) -> None:
         if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
             raise BenchError("logger=tensorboard needs the tensorboard package (pip install "
                              "tensorboard); or use logger=csv")
+    if name == "mlflow":
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("mlflow") is not None
+        except (ImportError, ValueError):  # an import hook refusing it, a stub module
+            found = False
+        if not found:
+            raise BenchError("logger=mlflow needs MLflow (pip install 'transfer-bench[mlflow]'); "
+                             "or use logger=csv")
 
 
 def _distinct_seeds(seeds: list[int], key: str) -> None:

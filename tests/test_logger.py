@@ -52,3 +52,50 @@ def test_an_unavailable_logger_is_one_line_exit_2(tmp_path, small_data, cache):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "logger=tensorboard needs the tensorboard package" in proc.stderr
     assert not (tmp_path / "small").exists()
+
+
+def test_mlflow_logger_records_each_final_fit_under_one_experiment(tmp_path, small_data, cache):
+    """logger=mlflow: one experiment named like the study, one run per neural final fit, the
+    replicate's identity as tags and the record's test accuracy as the run's metric."""
+    import mlflow
+    import pytest
+
+    args = [*small_study_overrides(small_data, tmp_path, cache), "strategy=[scratch,frozen]",
+            "logger=mlflow"]
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    proc = run_cli("sweep", *args, cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    study = tmp_path / "small"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{study / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "small"]
+    runs = client.search_runs([experiment.experiment_id])
+    neural = [r for r in load_records(study / "records.jsonl") if r.get("steps") is not None]
+    assert len(runs) == len(neural) == 8  # 2 strategies x 2 sizes x 2 seeds
+    by_id = {(r.data.tags["strategy"], r.data.tags["size"], r.data.tags["seed"]): r for r in runs}
+    for record in neural:
+        run = by_id[(record["strategy"], str(record["size"]), str(record["seed"]))]
+        assert run.data.tags["study"] == "small"
+        assert run.info.run_name == f"{record['strategy']}/n={record['size']}/seed={record['seed']}"
+        assert run.data.metrics["test_acc"] == pytest.approx(record["metrics"]["test_acc"],
+                                                             abs=1e-6)
+    assert not any(elsewhere.iterdir())  # nothing written outside the study folder
+
+
+def test_mlflow_without_the_extra_is_one_line_exit_2(tmp_path, small_data, cache):
+    """The extra missing (its import refused): one line, exit 2, no study folder."""
+    import subprocess
+    import sys
+
+    blocker = ("import importlib.abc, sys\n"
+               "class B(importlib.abc.MetaPathFinder):\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] == 'mlflow': raise ImportError('blocked')\n"
+               "sys.meta_path.insert(0, B())\n"
+               "from bench.cli import main\nmain(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", blocker, "sweep",
+                           *small_study_overrides(small_data, tmp_path, cache), "logger=mlflow"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "logger=mlflow needs MLflow (pip install 'transfer-bench[mlflow]')" in proc.stderr
+    assert not (tmp_path / "small").exists()

@@ -121,13 +121,24 @@ class _Method:
 
 
 def fit_logger(cfg: DictConfig, log_as: str | None) -> Any:
-    """Lightning's CSV or TensorBoard logger for one final fit, or False (``logger=none``)."""
+    """Lightning's CSV, TensorBoard or MLflow logger for one final fit, or False
+    (``logger=none``). MLflow: one experiment per study, the replicate's identity as tags."""
     kind = OmegaConf.select(cfg, "logger.name", default="none")
     if log_as is None or kind == "none":
         return False
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 
-    root = Path(cfg.paths.results) / str(cfg.study) / "logs"
+    study_dir = Path(cfg.paths.results) / str(cfg.study)
+    if kind == "mlflow":
+        strategy, *axes = log_as.split("/")
+        tags = {"study": str(cfg.study), "strategy": strategy,
+                **dict(a.split("=", 1) for a in axes)}
+        tags["size"] = tags.pop("n")
+        uri = OmegaConf.select(cfg, "logger.tracking_uri", default=None) or \
+            f"sqlite:///{(study_dir / 'mlflow.db').resolve()}"
+        return MLFlowLogger(experiment_name=str(cfg.study), run_name=log_as, tracking_uri=uri,
+                            tags=tags, artifact_location=(study_dir / "mlruns").resolve().as_uri())
+    root = study_dir / "logs"
     return (CSVLogger if kind == "csv" else TensorBoardLogger)(str(root), name=log_as)
 
 
