@@ -149,6 +149,12 @@ def _model(config: dict[str, Any]) -> str:
     return f"{target} ({vectors} vectors)" if vectors else target
 
 
+def _machine(run: dict[str, Any]) -> str:
+    hw = run.get("hardware") or {}
+    gpus = ", ".join(map(str, hw.get("gpus") or [])) or "no GPU"
+    return f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, {gpus}"
+
+
 def asked(t: report.StudyTables) -> str:
     study = read_study(t.study_dir)
     config = study.get("config") or {}
@@ -189,6 +195,7 @@ def asked(t: report.StudyTables) -> str:
         ("records", f"{len(t.records)} ({t.metric}); a cell with fewer seeds than asked is "
                     "still running"),
         ("code", ", ".join(commits) or "unknown (no manifest)"),
+        ("machine", "; ".join(sorted({_machine(r) for r in runs})) or "unknown (no manifest)"),
     ]
     body = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items)
     return f"<dl>{body}</dl>\n"
@@ -291,14 +298,12 @@ def reproducibility(t: report.StudyTables) -> str:
     runs = _runs(t.study_dir)
     rows = []
     for run in runs:
-        hw = run.get("hardware") or {}
         versions = run.get("versions") or {}
         git = run.get("git") or {}
         rows.append({"started": run.get("started"), "finished": run.get("finished") or "not recorded",
                      "command": " ".join(run.get("argv") or []),
                      "code": str(git.get("commit", "?"))[:12] + (" +changes" if git.get("dirty") else ""),
-                     "machine": f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores"
-                                + (f", {', '.join(map(str, hw['gpus']))}" if hw.get("gpus") else ""),
+                     "machine": _machine(run),
                      "torch": versions.get("torch"), "lightning": versions.get("lightning"),
                      "optuna": versions.get("optuna")})
     commands = ("STUDY=results/" + t.name + "   # this study's folder, the one holding report/\n"
@@ -342,8 +347,9 @@ def study_page(t: report.StudyTables, out: Path, drawn: Figures | None) -> str:
         if anchor == "reproducibility":
             return reproducibility(t)
         if anchor == "curves":
-            return (figure(drawn, "learning_curves", "Mean and 95% CI per strategy and size; "
-                           "points dodged sideways so no interval hides another.")
+            return (figure(drawn, "learning_curves", "Mean and 95% CI per strategy and size as error "
+                           "bars: up to six strategies dodged sideways in one plot, more in one "
+                           "panel each against scratch.")
                     or missing("Learning curves need at least two sizes."))
         if anchor == "tuning":
             parts = [report_file(out, n) for n in ("budget.md", "tuning.md", "tuning_gain.md",

@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 from bench import manifest as manifest_mod  # noqa: E402
 from bench.analysis import report as report_mod  # noqa: E402
 from bench.analysis import stats  # noqa: E402
+from bench.analysis.diagnostics import MAJORITY  # noqa: E402
 from bench.cache import atomic_write  # noqa: E402
 from bench.folder import (PARETO_FILE, RECORDS, STORAGE_FILE, STUDY_FILE,  # noqa: E402
                           default_storage, load_records, read_study, size_order)
@@ -86,32 +87,77 @@ def _save(fig: plt.Figure, out: Path | None, stem: str, drawn: Figures | None = 
     return written
 
 
-def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: str,
-                    out: Path, drawn: Figures | None = None) -> list[str]:
-    """Mean and 95% CI per strategy and size, as error bars dodged sideways (in log size), so
-    each strategy's interval can be read on its own; overlaid translucent bands could not be."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    styles = _styles(order)
-    shown = [n for n in order if (cells["strategy"] == n).any()]
-    step = 0.035 if len(shown) > 1 else 0.0  # the dodge between neighbours, in log10 units
-    for i, name in enumerate(shown):
-        c = cells[cells["strategy"] == name].sort_values("n_train")
-        x = c["n_train"] * 10 ** (step * (i - (len(shown) - 1) / 2))
-        low = (c["mean"] - c["ci_low"]).clip(lower=0).fillna(0)
-        high = (c["ci_high"] - c["mean"]).clip(lower=0).fillna(0)
-        st = styles[name]
-        ax.errorbar(x, c["mean"], yerr=[low, high], label=name, color=st["color"],
-                    marker=st["marker"], linestyle=st["linestyle"], markersize=4, capsize=2,
-                    linewidth=1, elinewidth=1)
+PANELS_FROM = 7  # strategies at which one panel per strategy reads better than one plot
+
+
+def _curve(ax: plt.Axes, c: pd.DataFrame, x: pd.Series, style: dict[str, Any], label: str,
+           **kw: Any) -> None:
+    low = (c["mean"] - c["ci_low"]).clip(lower=0).fillna(0)
+    high = (c["ci_high"] - c["mean"]).clip(lower=0).fillna(0)
+    ax.errorbar(x, c["mean"], yerr=[low, high], label=label, color=style["color"],
+                marker=style["marker"], linestyle=style["linestyle"], markersize=4, capsize=2,
+                linewidth=1, elinewidth=1, **kw)
+
+
+def _size_axis(ax: plt.Axes, sizes: list[int], label: str | None) -> None:
     ax.set_xscale("log")
-    sizes = sorted(cells["n_train"].unique())
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
-    ax.set_xlabel("target training examples (log scale; points dodged sideways)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean, 95% CI)")
-    ax.set_title(title, fontsize=9)
+    if label:
+        ax.set_xlabel(label)
     ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def learning_curves(cells: pd.DataFrame, order: list[str], metric: str, title: str,
+                    out: Path | None, drawn: Figures | None = None) -> list[str]:
+    """Mean and 95% CI per strategy and size as error bars, never as overlaid translucent
+    bands (six of those hide each other). Up to six strategies share one plot, dodged sideways
+    in log size; from seven on, each strategy gets its own small panel beside the reference
+    (scratch, in grey) and the majority floor."""
+    styles = _styles(order)
+    shown = [n for n in order if (cells["strategy"] == n).any()]
+    sizes = sorted(cells["n_train"].unique())
+    ylabel = f"{metric.replace('_', ' ')} (mean, 95% CI)"
+    if len(shown) < PANELS_FROM:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        step = 0.035 if len(shown) > 1 else 0.0  # the dodge between neighbours, in log10 units
+        for i, name in enumerate(shown):
+            c = cells[cells["strategy"] == name].sort_values("n_train")
+            _curve(ax, c, c["n_train"] * 10 ** (step * (i - (len(shown) - 1) / 2)),
+                   styles[name], name)
+        _size_axis(ax, sizes, "target training examples (log scale; points dodged sideways)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return _save(fig, out, "learning_curves", drawn)
+    backdrop = [n for n in (report_mod.REFERENCE, MAJORITY) if n in shown]
+    panels = [n for n in shown if n not in backdrop]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.6), sharex=True,
+                             sharey=True, squeeze=False)
+    grey = {"color": "0.55", "marker": "o", "linestyle": "-"}
+    for ax, name in zip(axes.flat, panels):
+        for back in backdrop:
+            c = cells[cells["strategy"] == back].sort_values("n_train")
+            if back == MAJORITY:
+                ax.plot(c["n_train"], c["mean"], color="0.55", linestyle=":", linewidth=1)
+            else:
+                _curve(ax, c, c["n_train"] * 10 ** -0.02, grey, back, alpha=0.8)
+        c = cells[cells["strategy"] == name].sort_values("n_train")
+        # one panel, one strategy: a single strong colour, never a grey like the backdrop's
+        _curve(ax, c, c["n_train"] * 10 ** 0.02,
+               {"color": "#0072B2", "marker": styles[name]["marker"], "linestyle": "-"}, name)
+        ax.set_title(name, fontsize=9)
+        _size_axis(ax, sizes, None)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=8)
+    back_text = " and ".join(f"{b} ({'grey' if b != MAJORITY else 'dotted'})" for b in backdrop)
+    fig.suptitle(f"{title}\neach strategy (blue) against {back_text}; x: target training "
+                 "examples (log scale)", fontsize=9)
+    fig.tight_layout()
     return _save(fig, out, "learning_curves", drawn)
 
 
