@@ -237,9 +237,10 @@ def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, round
                    ) -> list[dict[str, Any]]:
     """Each strategy's own training fit on n target labels, as a study's final fit runs it
     (its own train defaults, caching of frozen features, LP-FT's two stages), for ``rounds``
-    rounds without validation or test: optimizer steps x batch / second. A strategy that trains
-    on cached features is also timed with the cache off (the live network), the speed-up's
-    before and after. The first fit of a process computes the cache; the figure is the second.
+    rounds without validation or test: optimizer steps x batch / second. A strategy that
+    trains on cached features or on a frozen prefix's cached states is also timed with the
+    cache off (the live network), the speed-up's before and after. The first fit of a process
+    computes the cache; the figure is the second.
     """
     from bench.study.methods import NeuralMethod
     from bench.study.prepare import prepare
@@ -253,9 +254,10 @@ def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, round
     for strategy in strategies:
         method = NeuralMethod(prep, cfg, strategy)
         variants = [("", method)]
-        if method.caches or method.caches_probe_stage:
+        cached_prefix = method.caches_prefix and strategy.frozen_layers(prep.backbone.blocks)
+        if method.caches or method.caches_probe_stage or cached_prefix:
             live = NeuralMethod(prep, cfg, strategy)
-            live.caches = live.caches_probe_stage = False
+            live.caches = live.caches_probe_stage = live.caches_prefix = False
             variants.append((" (live, no cache)", live))
         for label, m in variants:
             subset = m.subset(n, 0)

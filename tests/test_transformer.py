@@ -265,6 +265,31 @@ def test_lp_ft_probe_stage_on_cached_features_equals_the_live_model(tiny_bert, s
     assert fast._features is not None and live._features is None  # one ran on the cache
 
 
+def test_partial_on_a_cached_frozen_prefix_equals_the_live_model(tiny_bert, small_data,
+                                                                 tmp_path):
+    """``partial``: the embeddings and bottom layer run once per text, the top layer and head
+    train on their cached states; the same fit (steps, rounds, predictions) as all live."""
+    from bench.study.methods import NeuralMethod
+    from bench.study.prepare import prepare
+
+    cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                    "strategy=[partial,lora,gradual]", "train.lr=0.01"))
+    partial, lora, gradual = strategies(cfg)
+    prep = prepare(cfg, [partial], [20])
+    blocks = prep.backbone.blocks
+    assert partial.frozen_layers(blocks) == len(blocks) - 3  # all but the top layer
+    assert lora.frozen_layers(blocks) == gradual.frozen_layers(blocks) == 0
+    fast, live = NeuralMethod(prep, cfg, partial), NeuralMethod(prep, cfg, partial)
+    live.caches_prefix = False
+    a, b = fast.final({}, 60, 0, [4]), live.final({}, 60, 0, [4])
+    assert a.steps == b.steps and a.epochs == b.epochs == 4
+    assert a.trainable == b.trainable
+    assert len(set(a.test_predictions.tolist())) > 1  # not a constant answer matching trivially
+    assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
+    assert np.array_equal(a.test_predictions, b.test_predictions)
+    assert list(fast._prefix) == [len(blocks) - 3] and not live._prefix  # one ran on the cache
+
+
 def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
     proc = run_cli("sweep", *bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                                         f"strategy=[{','.join(ALL)}]", "data.sizes=[20]",

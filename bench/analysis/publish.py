@@ -29,6 +29,7 @@ def publish(study_dir: Path, metric: str = report.DEFAULT_METRIC, against: Itera
             plots: bool = True) -> tuple[Path, str, list[str]]:
     """Write ``report/``: tables, then (unless ``plots`` is off) the figures, then index.html.
     Returns (folder, the Markdown to print, notes on what was skipped)."""
+    tables = report.load(study_dir, metric)  # a damaged study folder is named before any write
     writable(report.report_dir(study_dir, metric))
     out, text, notes = report.write(study_dir, metric, against)
     drawn = None
@@ -37,7 +38,7 @@ def publish(study_dir: Path, metric: str = report.DEFAULT_METRIC, against: Itera
 
         drawn = plots_mod.write_all(study_dir, out, metric)
         notes += drawn.notes
-    page.write(report.load(study_dir, metric), out, drawn)
+    page.write(tables, out, drawn)
     return out, text, notes
 
 

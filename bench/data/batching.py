@@ -30,6 +30,14 @@ def _whole(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
+def _trim_states(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached per-token states (mask in the last channel) cut to the batch's longest text, as
+    :class:`_Trim` cuts token ids: the layers above see the widths the live model would."""
+    states, labels = batch
+    width = max(int(states[..., -1].sum(dim=1).max()), 1)
+    return states[:, :width], labels
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Shuffled batches of similar-length texts, so little of each batch is padding.
 
@@ -89,7 +97,8 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
     :func:`passes_per_round`); evaluation batches go through the texts sorted by length (order
     does not change a metric, and the padding all but disappears). Float rows (cached frozen
-    features) are batched by their texts' ``lengths``, so they meet the same neighbours.
+    features, or per-token states of a frozen prefix) are batched by their texts' ``lengths``,
+    so they meet the same neighbours.
     """
     dataset = TensorDataset(ids, labels)
     features = ids.is_floating_point()
@@ -100,5 +109,5 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     else:
         by_length = torch.argsort(lengths, stable=True).tolist()
         sampler = BatchSampler(by_length, batch_size, False)
-    return DataLoader(dataset, batch_size=None, sampler=sampler,
-                      collate_fn=_whole if features else _Trim(pad_id))
+    collate = (_trim_states if ids.dim() == 3 else _whole) if features else _Trim(pad_id)
+    return DataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=collate)

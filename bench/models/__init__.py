@@ -133,6 +133,14 @@ class Backbone:
         """A frozen transformer body is run once per text; the fast TextCNN is left as is."""
         return self.kind == "transformer"
 
+    @property
+    def caches_prefix(self) -> bool:
+        """Frozen bottom layers can be run once per text when the layers can be run one by one
+        (:data:`bench.models.transformer.PREFIX_MODELS`)."""
+        return (self.kind == "transformer" and self.folder is not None
+                and transformer.folder_config(self.folder).get("model_type")
+                in transformer.PREFIX_MODELS)
+
     def pretrained(self) -> dict[str, torch.Tensor] | None:
         """The weights ``transfer: network`` starts from without a source step (the hub's)."""
         return transformer.pretrained_state(self.folder) if self.folder else None

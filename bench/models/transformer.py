@@ -114,12 +114,82 @@ class Encoder(nn.Module):
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """Mean of the last layer's states over the real (non-pad) tokens: ``[B, hidden]``."""
         mask = (ids != self.pad_id).to(torch.long)
-        hidden = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return pool(self.body(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(ids))
+
+    @property
+    def splits_at_layers(self) -> bool:
+        """Whether its layers can be run one by one as ``layer(hidden, mask)`` (the BERT family;
+        DistilBERT's blocks take other arguments): what a frozen-prefix cache needs."""
+        return self.body.config.model_type in PREFIX_MODELS
+
+    def layers(self, hidden: torch.Tensor, mask: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Encoder layers ``start`` .. ``stop - 1`` on ``hidden``, with the attention mask the
+        library builds for the whole model (``create_bidirectional_mask``, as its forward does)."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        full = create_bidirectional_mask(config=self.body.config, inputs_embeds=hidden,
+                                         attention_mask=mask)
+        for layer in _attr(self.body, self._layers)[start:stop]:
+            out = layer(hidden, full)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+
+PREFIX_MODELS = ("bert", "roberta", "xlm-roberta", "electra")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real tokens (``mask`` 1), the head's input."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class PrefixCached(nn.Module):
+    """The encoder from layer ``start`` up, fed the cached output of the frozen blocks below it
+    (:func:`prefix_states`: states with the attention mask as the last channel). It holds the
+    whole encoder, so its blocks, parameters and trainable count are the live model's."""
+
+    def __init__(self, model: Encoder, start: int) -> None:
+        super().__init__()
+        self.model, self.start = model, start
+        self.blocks = model.blocks
+
+    def block(self, name: str) -> nn.Module:
+        return self.model.block(name)
+
+    def forward(self, cached: torch.Tensor) -> torch.Tensor:
+        mask = cached[..., -1].to(torch.long)
+        hidden = self.model.layers(cached[..., :-1], mask, self.start, len(self.blocks) - 2)
+        return self.model.head(pool(hidden, mask))
+
+
+@torch.no_grad()
+def prefix_states(model: Encoder, ids: torch.Tensor, start: int,
+                  batch_size: int = 128) -> torch.Tensor:
+    """The embeddings and encoder layers ``0 .. start - 1`` of every row of ``ids``, in eval
+    mode (frozen blocks run without dropout in a fit too), with the real-token mask appended
+    as the last channel: ``[N, max_len, hidden + 1]``. Batches of similar length are cut to
+    their longest text; positions past a text's end stay 0 and are masked downstream."""
+    was_training = model.training
+    model.eval()
+    lengths = (ids != model.pad_id).sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    hidden_size = model.head[-1].in_features
+    out = torch.zeros(len(ids), ids.shape[1], hidden_size + 1)
+    for begin in range(0, len(ids), batch_size):
+        rows = order[begin:begin + batch_size]
+        width = max(int(lengths[rows].max()), 1)
+        batch = ids[rows, :width]
+        mask = (batch != model.pad_id).to(torch.long)
+        hidden = model.block("embeddings")(input_ids=batch)
+        hidden = model.layers(hidden, mask, 0, start)
+        out[rows, :width, :hidden_size] = hidden.float()
+        out[rows, :width, hidden_size] = mask.float()
+    model.train(was_training)
+    return out
 
 
 class Probe(nn.Module):

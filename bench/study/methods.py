@@ -27,7 +27,7 @@ from bench.training import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
 from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
-from bench.models.transformer import Probe, frozen_features
+from bench.models.transformer import PrefixCached, Probe, frozen_features, prefix_states
 from bench.study.prepare import Prepared, trainer_kwargs
 from bench.training.schedule import is_constant
 from bench.training.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
@@ -148,7 +148,9 @@ class NeuralMethod(_Method):
     On a transformer, a strategy that trains the head alone on a body that never changes
     (``frozen``) runs the body once per text (:meth:`features`) and trains the head on those
     cached features: the same model and the same arithmetic, seconds instead of minutes.
-    LP-FT's first stage (the head alone on the transferred body) runs on the same cache.
+    LP-FT's first stage (the head alone on the transferred body) runs on the same cache, and
+    a strategy whose bottom layers stay frozen while those above train (``partial``) runs them
+    once per text too (:meth:`prefix`) and trains the layers above on their cached states.
     """
 
     def __init__(self, prep: Prepared, cfg: DictConfig, strategy: Strategy,
@@ -170,6 +172,8 @@ class NeuralMethod(_Method):
         self.caches = prep.backbone.caches_features and strategy.probes_only
         self.caches_probe_stage = prep.backbone.caches_features and strategy.probe_stage_cacheable
         self._features: torch.Tensor | None = None
+        self.caches_prefix = prep.backbone.caches_prefix and not self.caches
+        self._prefix: dict[int, torch.Tensor] = {}
 
     def features(self) -> torch.Tensor:
         """The frozen body's features of every target text: computed once, in eval mode."""
@@ -178,6 +182,14 @@ class NeuralMethod(_Method):
             self._features = frozen_features(model, self.prep.target.ids)
         return self._features
 
+    def prefix(self, layers: int) -> torch.Tensor:
+        """The states of every target text after the embeddings and the bottom ``layers``
+        encoder layers (frozen, eval mode), with the token mask: computed once per depth."""
+        if layers not in self._prefix:
+            model = self._build(self.strategy, self.cfg)
+            self._prefix[layers] = prefix_states(model, self.prep.target.ids, layers)
+        return self._prefix[layers]
+
     def _build(self, strategy: Strategy, cell: DictConfig) -> torch.nn.Module:
         prep = self.prep
         return build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
@@ -185,21 +197,27 @@ class NeuralMethod(_Method):
                            lora_targets=list(cell.model.get("lora_targets") or ()))
 
     def _loaders(self, model: torch.nn.Module, train_idx: np.ndarray, val_idx: np.ndarray | None,
-                 bs: int, seed: int, passes: int, test: bool) -> tuple[torch.nn.Module, Any, Any, Any]:
-        """(model, train, validation, test loaders): over token ids, or over cached features
-        with the head alone as the model."""
+                 bs: int, seed: int, passes: int, test: bool,
+                 frozen_layers: int = 0) -> tuple[torch.nn.Module, Any, Any, Any]:
+        """(model, train, validation, test loaders): over token ids, over cached features
+        with the head alone as the model, or over a frozen prefix's cached states with the
+        layers above it as the model."""
         target = self.prep.target
-        if not self.caches:
-            return (model, target.loader(train_idx, bs, True, seed, passes),
-                    None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
-                    target.loader(target.splits.test, EVAL_BATCH) if test else None)
-        return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test)
+        if self.caches:
+            return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test)
+        if frozen_layers:
+            return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test,
+                                         frozen_layers)
+        return (model, target.loader(train_idx, bs, True, seed, passes),
+                None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
+                target.loader(target.splits.test, EVAL_BATCH) if test else None)
 
     def _feature_loaders(self, model: torch.nn.Module, train_idx: np.ndarray,
                          val_idx: np.ndarray | None, bs: int, seed: int, passes: int,
-                         test: bool) -> tuple[torch.nn.Module, Any, Any, Any]:
+                         test: bool, frozen_layers: int = 0) -> tuple[torch.nn.Module, Any, Any, Any]:
         target = self.prep.target
-        x, y = self.features(), target.labels
+        x = self.prefix(frozen_layers) if frozen_layers else self.features()
+        y = target.labels
         lengths = (target.ids != target.pad_id).sum(dim=1)
 
         def over(index: np.ndarray, shuffle: bool, size: int) -> Any:
@@ -208,7 +226,8 @@ class NeuralMethod(_Method):
             return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1,
                           lengths=lengths[idx])
 
-        return (Probe(model.head), over(train_idx, True, bs),
+        return (PrefixCached(model, frozen_layers) if frozen_layers else Probe(model.head),
+                over(train_idx, True, bs),
                 None if val_idx is None else over(val_idx, False, EVAL_BATCH),
                 over(target.splits.test, False, EVAL_BATCH) if test else None)
 
@@ -223,8 +242,11 @@ class NeuralMethod(_Method):
             OmegaConf.to_container(cell.strategy[self.strategy.name], resolve=True) or {},
             prep.backbone.blocks)
         target = prep.target
+        frozen_layers = strategy.frozen_layers(prep.backbone.blocks) if self.caches_prefix else 0
         if self.caches or self.caches_probe_stage:  # before seeding: building the body for
             self.features()  # its features draws random numbers, shifting the dropout masks
+        if frozen_layers:
+            self.prefix(frozen_layers)  # the same, for a frozen prefix's states
         L.seed_everything(seed, workers=True, verbose=False)
         model = self._build(strategy, cell)
         lr, bs = float(cell.train.lr), int(cell.train.batch_size)
@@ -236,7 +258,7 @@ class NeuralMethod(_Method):
         extend = int(cell.train.get("extend_epochs") or 0) if is_constant(schedule) else 0
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
         model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed,
-                                                       passes, test)
+                                                       passes, test, frozen_layers)
         blocks = model.blocks
         optimizer = str(cell.model.get("optimizer", "adam"))
         run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,

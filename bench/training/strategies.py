@@ -130,6 +130,21 @@ class Strategy:
         return bool(self.lp_ft) and self.transfer != "none" and not (
             self.lora or self.bitfit or self.l2sp)
 
+    def frozen_layers(self, blocks: tuple[str, ...]) -> int:
+        """Encoder layers that stay frozen for the whole fit under the embeddings while every
+        block above them trains (``partial``): their output can be computed once per text.
+        0 for every other shape of strategy (probes have their own cache; LoRA, BitFit,
+        gradual unfreezing, LP-FT and L2-SP change or unfreeze what lies below)."""
+        if (self.transfer == "none" or self.probes_only or self.lora or self.bitfit
+                or self.lp_ft or self.unfreeze_every or self.l2sp):
+            return 0
+        blocks = tuple(blocks)
+        trainable = self.trainable_blocks(blocks)
+        first = blocks.index(trainable[0])
+        if tuple(trainable) != blocks[first:] or first < 2 or blocks[0] != "embeddings":
+            return 0
+        return first - 1
+
     def unfreeze_schedule(self, blocks: tuple[str, ...]) -> list[tuple[int, str]]:
         """(epoch, block) pairs: gradual unfreezing from the top, one block every E epochs."""
         if not self.unfreeze_every:
