@@ -1,0 +1,120 @@
+"""Check the suite against a plain textbook fine-tuning script (docs/studies.md, MiniLM).
+
+A benchmark's transformer number is only as good as its training loop. This script trains
+all-MiniLM-L6-v2 on the same 1,000-label subset, test split and token ids the suite uses for
+a replicate seed, twice:
+
+- plainly: ``AutoModel`` + mean pooling + a linear head, AdamW (lr 5e-5, weight decay 0.01),
+  linear decay to 0 over 4 epochs, batch 16, no validation, the last weights tested;
+- through the suite's own final fit (``NeuralMethod.final``) at ``full``'s untuned default and
+  4 rounds, once with its linear schedule over those 4 rounds and once over the nominal 10
+  rounds, as a study's final fit lays it when cross-validation picks 4 of 10.
+
+Each seed appends one JSON line per variant to OUT.jsonl; OUT.md is the table of all of them.
+
+    python scripts/plain_finetune.py --seeds 0 1 2 --out results/movie_to_amazon_minilm/plain_check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, get_linear_schedule_with_warmup
+
+from bench.config import compose_config, strategies
+from bench.study.methods import NeuralMethod
+from bench.study.prepare import prepare
+
+N, EPOCHS, BATCH, LR, DECAY = 1000, 4, 16, 5e-5, 0.01
+BASE = ["experiment=movie_to_amazon_minilm", "strategy=[full]", "baseline=none", "hpo=none",
+        "progress=false", f"data.sizes=[{N}]"]
+
+
+def suite_method(overrides: list[str]) -> NeuralMethod:
+    cfg = compose_config(BASE + overrides)
+    (strategy,) = strategies(cfg)
+    return NeuralMethod(prepare(cfg, [strategy], [N]), cfg, strategy)
+
+
+def plain_fit(method: NeuralMethod, seed: int) -> float:
+    """The textbook loop, nothing from the suite but the data."""
+    prep = method.prep
+    target, pad = prep.target, prep.backbone.pad_id
+    train = torch.as_tensor(method.subset(N, seed))
+    test = torch.as_tensor(target.splits.test)
+    torch.manual_seed(seed)
+    body = AutoModel.from_pretrained(prep.backbone.folder, local_files_only=True)
+    head = torch.nn.Linear(body.config.hidden_size, target.num_classes)
+    optimizer = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=LR,
+                                  weight_decay=DECAY)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, EPOCHS * -(-N // BATCH))
+
+    def logits(ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != pad).long()
+        states = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        return head((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+
+    order = torch.Generator().manual_seed(seed)
+    body.train()
+    for _ in range(EPOCHS):
+        for batch in torch.randperm(N, generator=order).split(BATCH):
+            rows = train[batch]
+            loss = torch.nn.functional.cross_entropy(logits(target.ids[rows]), target.labels[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    body.eval()
+    with torch.no_grad():
+        predicted = torch.cat([logits(target.ids[rows]).argmax(1) for rows in test.split(64)])
+    return float((predicted == target.labels[test]).float().mean())
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"Plain script against the suite's `full` final fit: all-MiniLM-L6-v2, {N} labels, "
+             f"lr {LR:g}, {EPOCHS} epochs/rounds, batch {BATCH}; test accuracy on the study's "
+             "1,000 test texts (`python scripts/plain_finetune.py`)", "",
+             "| variant | " + " | ".join(f"seed {s}" for s in sorted({r['seed'] for r in rows}))
+             + " | mean | seconds (median) |", ""]
+    lines[-1] = "|" + "---|" * (lines[-2].count("|") - 1)
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["seed"])
+        accs = [r["test_acc"] for r in mine]
+        lines.append(f"| {variant} | " + " | ".join(f"{a:.3f}" for a in accs)
+                     + f" | {np.mean(accs):.3f} | {np.median([r['seconds'] for r in mine]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", type=Path, required=True, help="OUT.jsonl and OUT.md")
+    args = parser.parse_args()
+    log = args.out.with_suffix(".jsonl")
+    over_4, over_10 = suite_method([f"train.max_epochs={EPOCHS}"]), suite_method([])
+    for seed in args.seeds:
+        variants = [("plain script, decay over 4 epochs", lambda: plain_fit(over_4, seed)),
+                    ("suite, schedule over 4 rounds",
+                     lambda: over_4.final({}, N, seed, [EPOCHS]).metrics["test_acc"]),
+                    ("suite, schedule over 10 rounds",
+                     lambda: over_10.final({}, N, seed, [EPOCHS]).metrics["test_acc"])]
+        for name, run in variants:
+            start = time.perf_counter()
+            accuracy = run()
+            row = {"variant": name, "seed": seed, "test_acc": round(accuracy, 4),
+                   "seconds": round(time.perf_counter() - start, 1)}
+            print(json.dumps(row), flush=True)
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    args.out.with_suffix(".md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
