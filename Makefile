@@ -84,7 +84,7 @@ benchmark: $(STAMP)
 
 ## test: the test suite, two worker processes (pytest-xdist) of one torch thread each
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not studies" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not studies" --durations=15 $(PYTEST_ARGS)
 
 ## reports: every committed report from its records, as committed (tests/test_reference.py
 ## checks them byte for byte; README/docs blocks quote them)
