@@ -10,7 +10,8 @@ a replicate seed, twice:
   4 rounds, once with its linear schedule over those 4 rounds and once over the nominal 10
   rounds, as a study's final fit lays it when cross-validation picks 4 of 10.
 
-Each seed appends one JSON line per variant to OUT.jsonl; OUT.md is the table of all of them.
+Each seed appends one JSON line per variant to OUT.jsonl; OUT.md is the table of all of them
+(``--seeds`` with no seed only rewrites it).
 
     python scripts/plain_finetune.py --seeds 0 1 2 --out results/movie_to_amazon_minilm/plain_check
 """
@@ -92,11 +93,13 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0],
+                        help="replicate seeds to run (none: only rewrite OUT.md from OUT.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="OUT.jsonl and OUT.md")
     args = parser.parse_args()
     log = args.out.with_suffix(".jsonl")
-    over_4, over_10 = suite_method([f"train.max_epochs={EPOCHS}"]), suite_method([])
+    if args.seeds:
+        over_4, over_10 = suite_method([f"train.max_epochs={EPOCHS}"]), suite_method([])
     for seed in args.seeds:
         variants = [("plain script, decay over 4 epochs", lambda: plain_fit(over_4, seed)),
                     ("suite, schedule over 4 rounds",

@@ -39,8 +39,9 @@ def test_each_transformer_strategy_has_its_own_range_and_default():
     assert bitfit[1] > lora[1]
     assert lr_range(space["lp_ft"]) == probe                 # its probe stage's range
     by_name = {s.name: s for s in strategies(cfg)}
-    assert by_name["lora"].defaults == {"train.lr": 5e-4}
-    assert by_name["bitfit"].defaults == {"train.lr": 1e-3}
+    # the MiniLM study gives the adapters a probe's steps (docs/protocol.md, item 6)
+    assert by_name["lora"].defaults == {"train.lr": 5e-4, "train.min_steps": 300}
+    assert by_name["bitfit"].defaults == {"train.lr": 1e-3, "train.min_steps": 300}
     assert by_name["full"].defaults == {}                    # the model's train.lr, 5e-5
     assert float(cfg.train.lr) == 5e-5
     # every default sits inside its own range: the first trial is the untuned setting
@@ -233,3 +234,32 @@ def test_a_fit_still_improving_at_its_cap_gets_more_rounds():
     assert capped.epochs == 2 and capped.at_cap
     assert extended.epochs > 2 and extended.steps == extended.epochs * 3
     assert extended.at_cap == (extended.epochs == 32)
+
+
+def test_under_a_decaying_schedule_a_selection_at_its_cap_is_rerun_with_twice_the_rounds(
+        tmp_path, small_data, cache):
+    """A linear-decay fit cannot run on past its cap, so the selection is rerun with the
+    schedule over twice the rounds (each round as long) while the hard limit allows, and the
+    final fit uses that length; with no room (extend_epochs 0) the same fit stays at its cap."""
+    from bench.folder import load_records
+
+    def study(extend: int, name: str) -> dict:
+        args = [*small_study_overrides(small_data, tmp_path, cache), f"study={name}",
+                "strategy=[full]", "data.sizes=[100]", "seeds=[0]",
+                "train.schedule.name=linear_warmup", "train.lr=1.0e-2",  # slow: still improving
+                "train.max_epochs=2", "train.min_epochs=1", f"train.extend_epochs={extend}"]
+        proc = run_cli("sweep", *args)
+        assert proc.returncode == 0, proc.stderr
+        (record,) = [r for r in load_records(tmp_path / name / "records.jsonl")
+                     if r["strategy"] == "full"]
+        return record
+
+    capped, grown = study(0, "capped"), study(6, "grown")
+    assert "at_cap" in capped["flags"] and "train.max_epochs" not in capped["params"]
+    rounds = grown["params"]["train.max_epochs"]
+    assert rounds in (4, 8)  # 2 -> 4 -> 8: doubling up to the hard limit 2 + 6
+    assert grown["params"]["train.min_steps"] == 8 * rounds // 2  # rounds as long as before
+    assert grown["rounds"][0] > 2  # the final fit ran past the nominal cap
+    assert ("at_cap" in grown["flags"]) == (rounds == 8 and grown["selection"]["at_cap"])
+    per_round = lambda r: r["steps"] / r["rounds"][0]  # noqa: E731
+    assert per_round(grown) == per_round(capped)

@@ -66,6 +66,7 @@ class Selection:
     fold_scores: list[float] = field(default_factory=list)
     epochs: int = 0
     seconds: float = 0.0
+    grown: dict[str, Any] = field(default_factory=dict)  # config paths the selection lengthened
 
 
 def majority_rate(labels: np.ndarray) -> float:
@@ -174,6 +175,30 @@ class NeuralMethod(_Method):
         self._features: torch.Tensor | None = None
         self.caches_prefix = prep.backbone.caches_prefix and not self.caches
         self._prefix: dict[int, torch.Tensor] = {}
+
+    def select(self, params: dict[str, Any], n: int, seed: int,
+               first_callbacks: Sequence[Any] = ()) -> Selection:
+        """As every method's, plus room under a decaying LR schedule. There a fit cannot run
+        on past its cap (the LR has decayed to about 0), so a selection that ends at its cap
+        still improving is run again with twice the rounds, each round as long as before
+        (``train.min_steps`` doubled too) and the schedule laid over all of them, while
+        ``train.max_epochs + train.extend_epochs`` (the hard limit) allows. The grown length
+        becomes part of the chosen setting (``grown``), so the final fit lays its schedule
+        the same way. The reruns are not reported to the pruner; their cost is counted."""
+        chosen = super().select(params, n, seed, first_callbacks)
+        cell = with_params(self.cfg, {**self.defaults, **params})
+        if is_constant(config_mod.schedule_spec(cell)):
+            return chosen  # fit_and_test extends a constant-LR fit itself
+        rounds, steps = int(cell.train.max_epochs), int(cell.train.min_steps)
+        limit = rounds + int(cell.train.get("extend_epochs") or 0)
+        epochs, seconds, grown = chosen.epochs, chosen.seconds, {}
+        while chosen.at_cap and 2 * rounds <= limit:
+            rounds, steps = 2 * rounds, 2 * steps
+            grown = {"train.max_epochs": rounds, "train.min_steps": steps}
+            chosen = super().select({**params, **grown}, n, seed)
+            epochs, seconds = epochs + chosen.epochs, seconds + chosen.seconds
+        chosen.epochs, chosen.seconds, chosen.grown = epochs, seconds, grown
+        return chosen
 
     def features(self) -> torch.Tensor:
         """The frozen body's features of every target text: computed once, in eval mode."""

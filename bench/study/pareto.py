@@ -64,6 +64,8 @@ def run_pareto(methods: list[Any], cfg: DictConfig, prep: Any, storage: Any, out
             except Diverged as exc:  # multi-objective trials cannot be pruned: score it as 0
                 trial.set_user_attr("diverged", str(exc))
                 return 0.0, float(n)
+            if chosen.grown:
+                trial.set_user_attr("params", {**params, **chosen.grown})
             return chosen.score, float(n)
 
         console.print(f"pareto search: {method.name}, {hpo.pareto.n_trials} trials")

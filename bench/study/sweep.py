@@ -106,6 +106,8 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
         except Diverged as exc:  # pruned, so the sampler learns to avoid the region
             trial.set_user_attr("pruned_reason", f"diverged: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
+        if chosen.grown:  # the length the selection grew to is part of the setting
+            trial.set_user_attr("params", {**params, **chosen.grown})
         trial.set_user_attr("selection", _selection_attrs(chosen))
         trial.set_user_attr("epochs", chosen.epochs)
         return chosen.score
@@ -212,8 +214,8 @@ def choose(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, 
     if method.prep.protocol.uses_validation_split:  # the final fit early-stops on it anyway
         return {}, {"n_trials": 0}
     chosen = method.select({}, n, seed)
-    return {}, {"best_value": chosen.score, "n_trials": 0, "seconds": round(chosen.seconds, 3),
-                **_selection_attrs(chosen)}
+    return dict(chosen.grown), {"best_value": chosen.score, "n_trials": 0,
+                                "seconds": round(chosen.seconds, 3), **_selection_attrs(chosen)}
 
 
 def _recorded(path: Path) -> set[Key]:
