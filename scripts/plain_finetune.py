@@ -77,17 +77,19 @@ def plain_fit(method: NeuralMethod, seed: int) -> float:
 
 
 def table(rows: list[dict]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    head = "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | seconds (median) |"
     lines = [f"Plain script against the suite's `full` final fit: all-MiniLM-L6-v2, {N} labels, "
              f"lr {LR:g}, {EPOCHS} epochs/rounds, batch {BATCH}; test accuracy on the study's "
-             "1,000 test texts (`python scripts/plain_finetune.py`)", "",
-             "| variant | " + " | ".join(f"seed {s}" for s in sorted({r['seed'] for r in rows}))
-             + " | mean | seconds (median) |", ""]
-    lines[-1] = "|" + "---|" * (lines[-2].count("|") - 1)
+             "1,000 test texts (`python scripts/plain_finetune.py`)", "", head,
+             "|" + "---|" * (len(seeds) + 3)]
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["seed"])
-        accs = [r["test_acc"] for r in mine]
-        lines.append(f"| {variant} | " + " | ".join(f"{a:.3f}" for a in accs)
-                     + f" | {np.mean(accs):.3f} | {np.median([r['seconds'] for r in mine]):.0f} |")
+        mine = {r["seed"]: r for r in rows if r["variant"] == variant}
+        accs = [mine[s]["test_acc"] for s in seeds if s in mine]
+        cells = [f"{mine[s]['test_acc']:.3f}" if s in mine else "" for s in seeds]
+        seconds = np.median([r["seconds"] for r in mine.values()])
+        lines.append(f"| {variant} | " + " | ".join(cells)
+                     + f" | {np.mean(accs):.3f} | {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 
 
