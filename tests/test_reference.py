@@ -12,7 +12,8 @@ from bench.analysis.report import DEFAULT_METRIC, report_dir
 
 TABLES = ("table.md", "table.csv", "table.tex", "gains.md", "gains.csv", "efficiency.md",
           "efficiency.csv", "budget.md", "tuning.md", "variance.md", "variance.csv")
-MINILM_RECORDS = 46  # so far: scratch, frozen, full at 50 labels x 5 seeds, partial x 1,
+MINILM_RECORDS = 57  # so far: scratch, frozen, partial, full, gradual at 50 labels x 5 seeds,
+# discriminative x 2,
 # 15 TF-IDF + 15 majority
 COMMITTED = [  # (study, report arguments, extra tables, records)
     # 3 sizes x (4 strategies + TF-IDF + majority) x 5 seeds
