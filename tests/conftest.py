@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import random
 import re
@@ -96,6 +98,27 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env.pop("TRANSFER_BENCH_DEBUG", None)
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or REPO,
                           env=full_env, timeout=timeout)
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's own entry point in this process, for input it must refuse before any training.
+
+    The same ``main`` the console command calls, the same exit status and stderr, without a new
+    interpreter importing torch (seconds a call). Only for refusals: a run that trains belongs in
+    :func:`run_cli`, where process-wide settings it makes (threads, determinism) stay its own.
+    """
+    from bench.cli import main
+
+    out, err, argv, code = io.StringIO(), io.StringIO(), sys.argv[:], 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(["transfer-bench", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 @pytest.fixture(scope="session")

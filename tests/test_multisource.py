@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import file_source as source
-from conftest import run_cli, small_study_overrides, write_sentiment_csv
+from conftest import run_cli, run_main, small_study_overrides, write_sentiment_csv
 
 from bench.folder import encode_labels
 
@@ -124,7 +124,7 @@ def test_bad_source_lists_are_one_line_and_write_nothing(case, message, three_so
         args.append("transferability=[logme,leap]")
     else:
         args.append("data.sources=[movie_reviews,no_such_set]")
-    proc = run_cli("sweep", *args)
+    proc = run_main("sweep", *args)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

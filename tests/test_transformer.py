@@ -17,7 +17,7 @@ from bench.config import compose_config, strategies
 from bench.training.fit import TextClassifier, fit_and_test, loader
 from bench.models.transformer import Encoder, Probe, frozen_features, tokenize
 from bench.training.strategies import build_model, freeze_callback
-from tests.conftest import (NEGATIVE, POSITIVE, file_source, lee_sentences, run_cli,
+from tests.conftest import (NEGATIVE, POSITIVE, file_source, lee_sentences, run_cli, run_main,
                             small_study_overrides, write_sentiment_csv)
 
 ALL = ["scratch", "frozen", "partial", "full", "discriminative", "lp_ft", "lora", "bitfit",
@@ -345,7 +345,7 @@ def test_bad_model_input_is_one_line_and_writes_nothing(case, tiny_bert, small_d
     if case == "lora on textcnn":
         args = [*small_study_overrides(small_data, tmp_path / "r", tmp_path / "c"),
                 "strategy=[lora]"]
-    proc = run_cli("sweep", *args)
+    proc = (run_cli if case == "no weights" else run_main)("sweep", *args)  # one as a user
     assert proc.returncode == 2, proc.stderr
     message = proc.stderr.strip().splitlines()
     assert len(message) == 1 and message[0].startswith("error:"), proc.stderr

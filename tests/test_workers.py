@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.folder import load_records, record_key
-from conftest import run_cli, small_study_overrides
+from conftest import run_cli, run_main, small_study_overrides
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -70,8 +70,8 @@ def test_bad_worker_or_device_settings_are_one_line_exit_2(tmp_path, small_data,
 
     if override == "trainer=gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
-    proc = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache), "workers=2",
-                   override)
+    proc = run_main("sweep", *small_study_overrides(small_data, tmp_path, cache), "workers=2",
+                    override)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr
     assert not (tmp_path / "small").exists()
 
