@@ -31,7 +31,7 @@ from bench.training.strategies import Strategy
 GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates", "workers",
              "logger", "transferability",
              "trainer.accelerator", "trainer.devices",
-             "trainer.deterministic", "paths", "progress", "hpo.storage", "hpo.worker_id",
+             "trainer.deterministic", "paths", "progress", "plots", "hpo.storage", "hpo.worker_id",
              "hpo.worker_count", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
 SAMPLERS = ("tpe", "random")
 

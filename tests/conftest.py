@@ -77,7 +77,7 @@ def small_study_overrides(data: dict[str, Path], results: Path, cache: Path, hpo
     """A whole study in seconds: generated CSVs, word2vec on the Lee corpus, a tiny TextCNN."""
     return [f"hpo={hpo}", f"baseline={baseline}",
         "study=small", f"paths.results={results}", f"paths.cache={cache}", "trainer=cpu",
-        "progress=false",
+        "progress=false", "plots=false",  # figures: tests/test_report.py, test_page.py
         "dataset@data.source=file", f"data.source.path={data['source']}",
         "data.source.test_size=100", "data.source.val_size=100",
         "dataset@data.target=file", f"data.target.path={data['target']}",

@@ -44,12 +44,17 @@ def test_study_runs_every_cell_then_resumes_without_rerunning(tmp_path, small_da
     for name in ("scratch", "frozen", "full"):
         assert f"| {name} " in table
     assert "n=20" in table and "n=100" in table and (results / "small" / "report" / "gains.md").exists()
+    # plots=false (the tests' setting): tables and page, no figures, and it says how to get them
+    report = results / "small" / "report"
+    assert not list(report.glob("*.png")) and (report / "index.html").exists()
+    assert "no figures (plots=false): transfer-bench report" in first.stderr
     # the source model is trained once, then served from the cache
     assert "trained in" in first.stderr
     lines_before = records_path.read_text()
 
-    again = run_cli("sweep", *args)
+    again = run_cli("sweep", *args, "plots=true")  # the default: the closing report draws too
     assert again.returncode == 0, again.stderr
+    assert (report / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "8 cells x 2 seeds, 8 cells already complete" in again.stderr
     assert "from cache" in again.stderr
     assert records_path.read_text() == lines_before

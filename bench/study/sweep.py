@@ -37,7 +37,7 @@ from bench.folder import (DEFAULTS, RECORDS, Key, append_record, encode_labels, 
 from bench.study.records import make_record
 
 
-def publish_report(out: Path, console: Console) -> None:
+def publish_report(out: Path, console: Console, plots: bool = True) -> None:
     """The study's report (``transfer-bench report``'s tables and figures) from every record so
     far, its table printed. Why here: the table a sweep ends with should be the one with the
     intervals and tests, not a second, weaker summary. A report problem costs only the report."""
@@ -47,11 +47,13 @@ def publish_report(out: Path, console: Console) -> None:
         # Parallel launcher jobs of one study each end here: one report at a time, or one
         # job's figures read the tables another job is rewriting.
         with file_lock(out / "report.lock"):
-            folder, _, notes = publish.publish(out)
+            folder, _, notes = publish.publish(out, plots=plots)
     except BenchError as exc:
         console.print(f"warning: no report ({exc}); the records are kept: run transfer-bench "
                       f"report {out}")
         return
+    if not plots:
+        notes.append(f"no figures (plots=false): transfer-bench report {out} draws them")
     for note in notes:
         console.print(f"note: {note}")
     print((folder / "table.md").read_text(), end="")
@@ -395,5 +397,5 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     console.print(f"{len(todo)} cells in {time.perf_counter() - start:.0f} s; records in {records_path}")
     if int(cfg.hpo.worker_count) > 1:
         return out  # one of several workers: the process that started them writes the report
-    publish_report(out, console)
+    publish_report(out, console, plots=bool(cfg.get("plots", True)))
     return out
