@@ -39,10 +39,13 @@ def test_each_transformer_strategy_has_its_own_range_and_default():
     assert bitfit[1] > lora[1]
     assert lr_range(space["lp_ft"]) == probe                 # its probe stage's range
     by_name = {s.name: s for s in strategies(cfg)}
-    # the MiniLM study gives the adapters a probe's steps (docs/protocol.md, item 6)
-    assert by_name["lora"].defaults == {"train.lr": 5e-4, "train.min_steps": 300}
-    assert by_name["bitfit"].defaults == {"train.lr": 1e-3, "train.min_steps": 300}
-    assert by_name["full"].defaults == {}                    # the model's train.lr, 5e-5
+    # the MiniLM study gives the adapters a probe's steps (docs/protocol.md, item 6), and every
+    # pretrained strategy the model's growth rule; scratch keeps the study's pinned 0
+    grow = {"train.extend_epochs": 30}
+    assert by_name["lora"].defaults == {"train.lr": 5e-4, "train.min_steps": 300, **grow}
+    assert by_name["bitfit"].defaults == {"train.lr": 1e-3, "train.min_steps": 300, **grow}
+    assert by_name["full"].defaults == grow                  # the model's train.lr, 5e-5
+    assert by_name["scratch"].defaults == {} and int(cfg.train.extend_epochs) == 0
     assert float(cfg.train.lr) == 5e-5
     # every default sits inside its own range: the first trial is the untuned setting
     from bench.study.methods import with_params
