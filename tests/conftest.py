@@ -101,10 +101,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
-    """The CLI's own entry point in this process, for input it must refuse before any training.
+    """The CLI's own entry point in this process, for commands that train nothing (a refusal, `ls`,
+    `validate`).
 
     The same ``main`` the console command calls, the same exit status and stderr, without a new
-    interpreter importing torch (seconds a call). Only for refusals: a run that trains belongs in
+    interpreter importing torch (seconds a call). A run that trains belongs in
     :func:`run_cli`, where process-wide settings it makes (threads, determinism) stay its own.
     """
     from bench.cli import main

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli, small_study_overrides
+from conftest import run_cli, run_main, small_study_overrides
 from tests.test_transformer import tiny_bert  # noqa: F401 - the fixture
 
 
@@ -36,7 +36,7 @@ def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, 
 
 
 def test_benchmark_rejects_a_bad_concurrency_list(tmp_path, small_data, cache):
-    proc = run_cli("benchmark", "--concurrency", "1,zero")
+    proc = run_main("benchmark", "--concurrency", "1,zero")
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --concurrency")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 
 from bench.folder import load_records, record_key
-from conftest import run_cli, small_study_overrides
+from conftest import run_cli, run_main, small_study_overrides
 
 
 def test_csv_logger_writes_each_final_fits_curve_and_changes_no_result(tmp_path, small_data,
@@ -47,8 +47,8 @@ def test_an_unavailable_logger_is_one_line_exit_2(tmp_path, small_data, cache):
 
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         pytest.skip("tensorboard is installed here")
-    proc = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache),
-                   "logger=tensorboard")
+    proc = run_main("sweep", *small_study_overrides(small_data, tmp_path, cache),
+                    "logger=tensorboard")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "logger=tensorboard needs the tensorboard package" in proc.stderr
     assert not (tmp_path / "small").exists()

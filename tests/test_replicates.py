@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench.folder import load_records, record_key
-from conftest import run_cli, small_study_overrides
+from conftest import run_cli, run_main, small_study_overrides
 
 
 def _args(tmp_path, small_data, cache, *extra):
@@ -86,7 +86,7 @@ def test_source_models_and_tuning_replicates_are_replicates_of_their_own(tmp_pat
 ])
 def test_bad_replicate_settings_are_one_line_exit_2(tmp_path, small_data, cache, override,
                                                     message):
-    proc = run_cli("sweep", *_args(tmp_path, small_data, cache), override)
+    proc = run_main("sweep", *_args(tmp_path, small_data, cache), override)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
     assert not (tmp_path / "small").exists()

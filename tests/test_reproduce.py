@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 from bench import hardware, manifest
 from bench import reproduce as rep
@@ -56,7 +56,7 @@ def test_a_study_without_manifest_is_refused(tuned_study, tmp_path):
     copy = tmp_path / "small"
     shutil.copytree(tuned_study, copy)
     (copy / "manifest.json").unlink()
-    proc = run_cli("reproduce", str(copy))
+    proc = run_main("reproduce", str(copy))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "manifest.json" in proc.stderr
 

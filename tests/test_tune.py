@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from bench.config import compose_config
 from bench.study.pareto import dominated
 from bench.folder import load_records
-from conftest import cell_study, run_cli, small_study_overrides
+from conftest import cell_study, run_cli, run_main, small_study_overrides
 
 WORKER = """
 import sys, time
@@ -201,8 +201,8 @@ def test_two_workers_share_one_postgresql_study(postgres, tmp_path):
 
 def test_unreachable_storage_is_one_line_exit_2(tmp_path, small_data, cache):
     port = _free_port()  # nothing listens there
-    proc = run_cli("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.n_trials=2",
-                   f"hpo.storage=postgresql+psycopg2://nobody@127.0.0.1:{port}/none"))
+    proc = run_main("sweep", *_tuned_args(tmp_path, small_data, cache, "hpo.n_trials=2",
+                    f"hpo.storage=postgresql+psycopg2://nobody@127.0.0.1:{port}/none"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot open the Optuna storage")
     assert not (tmp_path / "small" / "records.jsonl").exists()
@@ -211,7 +211,7 @@ def test_unreachable_storage_is_one_line_exit_2(tmp_path, small_data, cache):
 def test_pareto_front_is_non_dominated(tmp_path, small_data, cache):
     args = _tuned_args(tmp_path, small_data, cache, "hpo.mode=pareto", "hpo.pareto.n_trials=8",
                        "hpo.pareto.min_size=10", baseline="tfidf_logreg")
-    refused = run_cli("sweep", *args)  # it scores sizes on the validation split
+    refused = run_main("sweep", *args)  # it scores sizes on the validation split
     assert refused.returncode == 2 and "protocol=fixed_val" in refused.stderr
     proc = run_cli("sweep", *args, "protocol=fixed_val")
     assert proc.returncode == 0, proc.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import REPO, run_cli, small_study_overrides
+from conftest import REPO, run_cli, run_main, small_study_overrides
 
 
 def one_line_error(proc, *expected: str) -> str:
@@ -25,11 +25,11 @@ def test_help_is_usage_text_with_every_command_and_an_example():
     for command in ("sweep", "validate", "ls", "report", "reproduce", "data", "benchmark"):
         assert f"\n  {command} " in proc.stdout, command
     assert "examples:\n  transfer-bench " in proc.stdout and "``" not in proc.stdout
-    one_line_error(run_cli("sweeep"), "unknown command 'sweeep'")
+    one_line_error(run_main("sweeep"), "unknown command 'sweeep'")
 
 
 def test_ls_lists_what_conf_and_the_registries_hold():
-    proc = run_cli("ls")
+    proc = run_main("ls")
     assert proc.returncode == 0, proc.stderr
     for kind, folder in (("strategies", "strategy"), ("models", "model"),
                          ("experiments", "experiment"), ("datasets", "dataset")):
@@ -39,17 +39,17 @@ def test_ls_lists_what_conf_and_the_registries_hold():
         assert listed == names, kind
         assert all(len(line.split(None, 1)) == 2 for line in section.splitlines()[1:]), kind
     assert "\n  logme " in proc.stdout and "\n  knn_cv " in proc.stdout
-    only = run_cli("ls", "strategies")
+    only = run_main("ls", "strategies")
     assert only.stdout.startswith("strategies (") and "models (" not in only.stdout
     assert "LoRA (Hu et al. 2021)" in only.stdout  # "et al." does not end the sentence
-    one_line_error(run_cli("ls", "backbones"), "choose from datasets, models")
+    one_line_error(run_main("ls", "backbones"), "choose from datasets, models")
 
 
 def test_validate_prints_each_jobs_cells_and_labels_and_writes_nothing(tmp_path):
     results = tmp_path / "results"
-    proc = run_cli("validate", "-m", "experiment=movie_to_amazon_reference,"
-                   "movie_to_amazon_reference_fixed_val", f"paths.results={results}",
-                   f"paths.cache={tmp_path / 'cache'}")
+    proc = run_main("validate", "-m", "experiment=movie_to_amazon_reference,"
+                    "movie_to_amazon_reference_fixed_val", f"paths.results={results}",
+                    f"paths.cache={tmp_path / 'cache'}")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "study movie_to_amazon_reference -> " in out and "(new)" in out
@@ -58,13 +58,13 @@ def test_validate_prints_each_jobs_cells_and_labels_and_writes_nothing(tmp_path)
     assert "size 50: 50 + 500 validation = 550 target labels" in out  # fixed_val adds its split
     assert out.rstrip().endswith("valid: 2 job(s); nothing was written")
     assert not results.exists() and not (tmp_path / "cache").exists()
-    committed = run_cli("validate", "experiment=movie_to_amazon_reference")
+    committed = run_main("validate", "experiment=movie_to_amazon_reference")
     assert "(90 records so far: it resumes)" in committed.stdout
-    one_line_error(run_cli("validate", "data.sizes=[0]"), "data.sizes contains 0")
+    one_line_error(run_main("validate", "data.sizes=[0]"), "data.sizes contains 0")
 
 
 def test_hpo_none_with_trials_says_how_to_tune():
-    one_line_error(run_cli("validate", "hpo=none", "hpo.n_trials=6"),
+    one_line_error(run_main("validate", "hpo=none", "hpo.n_trials=6"),
                    "hpo=none: that group has no search space", "hpo=tpe")
 
 
