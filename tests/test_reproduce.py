@@ -159,7 +159,8 @@ COMMITTED = [
     # the MiniLM study before per-strategy ranges (2 trials, 3 seeds), archived: its recorded
     # configs still rebuild it (the keys added since default to what it ran)
     ("legacy/movie_to_amazon_minilm_2trials", "frozen", 50, 0),
-    ("movie_to_amazon_minilm", "frozen", 50, 0),
+    # a final fit whose selection grew under the decaying schedule (10 -> 40 rounds)
+    ("movie_to_amazon_minilm", "lp_ft", 50, 3),
 ]
 # On Reuters (400-token documents) every neural fit is dear. reuters_multisource: its cheapest,
 # scratch at 50 labels with seed 2 (14 rounds; a frozen@ cell first trains a source model, on
