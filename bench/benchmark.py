@@ -288,8 +288,10 @@ def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     for rep in range(repeats + 1):
         clock = EpochClock()
         start = time.perf_counter()
-        method.select({"train.max_epochs": 1, "train.min_epochs": 1, "train.min_steps": 1}, 200,
-                      rep, first_callbacks=[clock])
+        # extend_epochs 0: a 1-round selection ends at its cap, and the growth rule would
+        # rerun it for up to the hard limit's rounds, minutes spent after the figure is taken
+        method.select({"train.max_epochs": 1, "train.min_epochs": 1, "train.min_steps": 1,
+                       "train.extend_epochs": 0}, 200, rep, first_callbacks=[clock])
         if rep:  # the first call pays one-off imports and allocator warm-up
             out.append(clock.first_step_at - start)
     return out
