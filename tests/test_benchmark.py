@@ -33,6 +33,8 @@ def test_benchmark_prints_the_ratio_table_and_writes_json(tmp_path, small_data, 
     assert concurrent[1]["examples_per_s"] == pytest.approx(sum(concurrent[1]["per_process"]),
                                                             abs=0.2)
     assert "concurrent trial processes K" in proc.stdout
+    # the same table beside the JSON, for docs to quote
+    assert path.with_suffix(".md").read_text().strip() in proc.stdout
 
 
 def test_benchmark_rejects_a_bad_concurrency_list(tmp_path, small_data, cache):
@@ -60,3 +62,6 @@ def test_benchmark_times_each_strategy_and_its_cache(tmp_path, small_data, tiny_
     assert rows["frozen"]["trainable"] < rows["lora"]["trainable"] < rows["full"]["trainable"]
     assert rows["full"]["vs_full"] == 1.0 and all(r["examples_per_s"] > 0 for r in rows.values())
     assert "| lora |" in proc.stdout and "vs full" in proc.stdout
+    page = path.with_suffix(".md").read_text()  # the model by name, not by this machine's path
+    assert str(tiny_bert) in path.read_text()  # the JSON keeps the full path
+    assert "| lora |" in page and str(tiny_bert) not in page and f"({tiny_bert.name})" in page
