@@ -62,6 +62,9 @@ def test_benchmark_times_each_strategy_and_its_cache(tmp_path, small_data, tiny_
     assert rows["frozen"]["trainable"] < rows["lora"]["trainable"] < rows["full"]["trainable"]
     assert rows["full"]["vs_full"] == 1.0 and all(r["examples_per_s"] > 0 for r in rows.values())
     assert "| lora |" in proc.stdout and "vs full" in proc.stdout
+    assert all(r["all_s"] == [r["seconds"]] for r in rows.values())  # --repeats 1: one timed fit
+    speedup = rows["frozen"]["examples_per_s"] / rows["frozen (live, no cache)"]["examples_per_s"]
+    assert f"| {speedup:.2f}x |" in proc.stdout  # the cache's before/after, in the table
     page = path.with_suffix(".md").read_text()  # the model by name, not by this machine's path
     assert str(tiny_bert) in path.read_text()  # the JSON keeps the full path
     assert "| lora |" in page and str(tiny_bert) not in page and f"({tiny_bert.name})" in page
