@@ -283,6 +283,95 @@ def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, round
     return rows
 
 
+class PrecisionSeen(Callback):
+    """The precision Lightning really trained at (``trainer.precision``), for the record."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.seen.add(str(trainer.precision))
+
+
+def compare_precision(overrides: Sequence[str], precision: str, names: Sequence[str], n: int,
+                      rounds: int, seeds: int) -> tuple[dict[str, Any], Any]:
+    """``precision`` (e.g. ``bf16-mixed``) against fp32 on the same cells: for each strategy
+    and seed, the same n-label subset, seed and rounds trained once at each precision (which
+    goes first alternates with the seed, so a drifting machine hits both alike), then scored
+    on the target's test split. Accuracy is paired per test example (the difference's interval
+    counts seed and test-sample noise, as gains.md); speed is the median of the per-seed
+    ratios of wall seconds, each fit's test scoring included (it runs at that precision too).
+    One untimed fit per precision first warms the process up. Returns the figures and the
+    prepared study (for the file name)."""
+    from bench.analysis.stats import crossed_estimate
+    from bench.study.methods import NeuralMethod
+    from bench.study.prepare import prepare
+
+    base = [f"strategy=[{','.join(names)}]", "baseline=none", "hpo=none", *overrides]
+    cfgs = {"32-true": config_mod.compose_config(base),
+            precision: config_mod.compose_config([*base, f"+trainer.precision={precision}"])}
+    for cfg in cfgs.values():
+        config_mod.check(cfg)  # bf16 where the hardware lacks it: refused here, nothing written
+    strategies = config_mod.strategies(cfgs["32-true"])
+    prep = prepare(cfgs["32-true"], strategies, [n])
+    truth = prep.target.data.labels[prep.target.splits.test]
+    rows = []
+    for i, strategy in enumerate(strategies):
+        methods = {p: NeuralMethod(prep, cfg, strategy) for p, cfg in cfgs.items()}
+        phases = [rounds, rounds] if strategy.lp_ft else [rounds]
+        if i == 0:
+            for m in methods.values():
+                m._fit({}, m.subset(n, 0), None, 0, test=False, rounds=[1] * len(phases))
+        acc: dict[str, list[float]] = {p: [] for p in cfgs}
+        secs: dict[str, list[float]] = {p: [] for p in cfgs}
+        correct: dict[str, list[np.ndarray]] = {p: [] for p in cfgs}
+        steps, seen = 0, {p: PrecisionSeen() for p in cfgs}
+        for seed in range(seeds):
+            order = list(cfgs) if seed % 2 == 0 else list(cfgs)[::-1]
+            for p in order:
+                m = methods[p]
+                start = time.perf_counter()
+                fit = m._fit({}, m.subset(n, seed), None, seed, test=True, rounds=phases,
+                             callbacks=[seen[p]])
+                secs[p].append(time.perf_counter() - start)
+                acc[p].append(float(fit.metrics["test_acc"]))
+                correct[p].append((fit.test_predictions == truth).astype(float))
+                steps = fit.steps or steps
+        diff = crossed_estimate(np.stack(correct[precision]) - np.stack(correct["32-true"]))
+        rows.append({
+            "strategy": strategy.name, "seeds": seeds, "steps": steps,
+            "trained_at": {p: sorted(seen[p].seen) for p in cfgs},
+            "acc_fp32": [round(a, 4) for a in acc["32-true"]],
+            "acc_other": [round(a, 4) for a in acc[precision]],
+            "difference": round(diff.mean, 4), "low": round(diff.low, 4),
+            "high": round(diff.high, 4), "p": round(diff.p, 4),
+            "seconds_fp32": [round(x, 2) for x in secs["32-true"]],
+            "seconds_other": [round(x, 2) for x in secs[precision]],
+            "speedup": round(statistics.median(a / b for a, b in zip(secs["32-true"],
+                                                                      secs[precision])), 2)})
+    return {"precision": precision, "n": n, "rounds": rounds, "seeds": seeds,
+            "test_examples": int(len(truth)), "rows": rows}, prep
+
+
+def precision_table(block: dict[str, Any]) -> str:
+    p = block["precision"]
+    rows = [f"| strategy ({block['n']} target labels, {block['rounds']} rounds, "
+            f"{block['seeds']} seeds) | optimizer steps | fp32 test acc | {p} test acc | "
+            f"{p} - fp32 [95% CI] | p | fp32 s/fit | {p} s/fit | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in block["rows"]:
+        rows.append(f"| {r['strategy']} | {r['steps']} | {statistics.mean(r['acc_fp32']):.3f} | "
+                    f"{statistics.mean(r['acc_other']):.3f} | {r['difference']:+.3f} "
+                    f"[{r['low']:+.3f}, {r['high']:+.3f}] | {r['p']:.3f} | "
+                    f"{statistics.median(r['seconds_fp32']):.1f} | "
+                    f"{statistics.median(r['seconds_other']):.1f} | {r['speedup']:.2f}x |")
+    return "\n".join(rows) + (
+        f"\n\nPaired: the same subset, seed and rounds at both precisions; the difference's "
+        f"interval counts seed and test-sample noise ({block['test_examples']} test texts, "
+        "as gains.md). s/fit: median wall seconds of a fit with its test scoring; speed-up: "
+        "median of the per-seed ratios fp32 / " + p + ".")
+
+
 def trial_overhead(prep: Any, cfg: Any, repeats: int) -> list[float]:
     """Seconds from a selection fit's start to its first optimizer step (full fine-tuning,
     n=200, the first fold)."""
@@ -438,16 +527,45 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
                                                        repeats)}
     if study:
         report["default_study"] = time_default_study([])
+    path = out_dir / f"{_file_name(report['machine'], prep)}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "".join(c if c.isalnum() else "-" for c in (report["machine"]["gpu"] or
-                                                       report["machine"]["cpu"]))[:60].strip("-")
-    if transformer:  # its own file: the TextCNN figures stay beside it
-        name += "-" + weights_name(prep.backbone.folder).replace(".", "-")
-    path = out_dir / f"{name}.json"
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     # the table as printed, for docs to quote (scripts/sync_docs.py keeps the quote true)
     atomic_write_text(path.with_suffix(".md"), table(report) + "\n")
     report["path"] = str(path)
+    return report
+
+
+def _file_name(machine: dict[str, Any], prep: Any) -> str:
+    """``<GPU or CPU>[-<weights>]``: a transformer's figures get their own file beside the
+    TextCNN's."""
+    name = "".join(c if c.isalnum() else "-" for c in (machine["gpu"] or machine["cpu"]))
+    name = name[:60].strip("-")
+    if prep.backbone.kind == "transformer":
+        name += "-" + weights_name(prep.backbone.folder).replace(".", "-")
+    return name
+
+
+def run_precision(overrides: Sequence[str], precision: str, names: Sequence[str], n: int,
+                  rounds: int, seeds: int, out_dir: Path) -> dict[str, Any]:
+    """``benchmark --precision``: :func:`compare_precision`, written beside the speed figures
+    as ``<machine>[-<weights>]-<precision>.json`` and ``.md``."""
+    quiet_lightning()
+    block, prep = compare_precision(overrides, precision, names, n, rounds, seeds)
+    machine = hardware.summary()
+    report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine, "overrides": list(overrides),
+              "model": prep.backbone.kind + (f" ({weights_name(prep.backbone.folder)})"
+                                             if prep.backbone.kind == "transformer" else ""),
+              "comparison": block}
+    path = out_dir / f"{_file_name(machine, prep)}-{precision}.json"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    head = (f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads "
+            f"{machine['torch_threads']}" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
+            + f"\nmodel {report['model']}, target {prep.target.data.name}\n\n")
+    atomic_write_text(path.with_suffix(".md"), head + precision_table(block) + "\n")
+    report["path"], report["text"] = str(path), head + precision_table(block)
     return report
 
 

@@ -390,6 +390,11 @@ def benchmark(argv: Sequence[str]) -> None:
                              "frozen,full,lora,bitfit; cached-feature ones also live)")
     parser.add_argument("--strategy-n", type=int, default=200,
                         help="target labels for --strategies fits (default 200)")
+    parser.add_argument("--precision", default=None,
+                        help="instead: this precision (e.g. bf16-mixed) against fp32, paired on "
+                             "the same --strategies fits (default full,lora,bitfit) scored on "
+                             "the test split; --seeds of them, --epochs rounds each")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for --precision (default 3)")
     parser.add_argument("--study", action="store_true",
                         help="also time the default study (`transfer-bench sweep`) end to end")
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"),
@@ -410,6 +415,15 @@ def benchmark(argv: Sequence[str]) -> None:
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     if args.strategy_n < 2:
         raise BenchError(f"--strategy-n {args.strategy_n}; give at least 2 labels")
+    if args.precision:
+        if args.seeds < 2:
+            raise BenchError(f"--seeds {args.seeds}; a paired interval needs at least 2")
+        report = bm.run_precision(args.overrides, args.precision,
+                                  names or ["full", "lora", "bitfit"], args.strategy_n,
+                                  args.epochs, args.seeds, args.out)
+        print(report["text"])
+        print(f"\nwritten to {report['path']}")
+        return
     report = bm.run(args.overrides, args.epochs, args.repeats, args.study, args.out,
                     args.examples, ks, names, args.strategy_n)
     print(bm.table(report))

@@ -112,10 +112,18 @@ def _positive(cfg: DictConfig, key: str, kind: type = float) -> None:
         raise BenchError(f"{key}={value!r}; it must be a positive {kind.__name__}")
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
 def check_precision(cfg: DictConfig) -> None:
     """bf16 only where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with
     AVX512-BF16 / AMX): elsewhere it is emulated, slower than fp32, and no saving to measure."""
     precision = str(OmegaConf.select(cfg, "trainer.precision", default=None) or "")
+    if not precision:
+        return
+    if precision not in PRECISIONS:  # else Lightning's ValueError, after the study folder exists
+        raise BenchError(f"trainer.precision={precision}; use one of {', '.join(PRECISIONS)} "
+                         "(or leave it unset: fp32)")
     if "bf16" not in precision:
         return
     import torch

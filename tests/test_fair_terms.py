@@ -107,6 +107,7 @@ BAD = [
     ("+strategy.lora.space.dropout={path:model.nope,low:0.0,high:0.5}", "not a config key"),
     ("strategy.lora.train.lr=1.0e-6", "outside lr's range"),
     ("+strategy.bitfit.train.momentum=0.9", "train.momentum is not a training default"),
+    ("+trainer.precision=banana", "trainer.precision=banana; use one of 32-true"),
     *([("+trainer.precision=bf16-mixed", "needs bf16 hardware")]
       if not torch.cpu._is_avx512_bf16_supported() and not torch.cuda.is_available() else []),
 ]
