@@ -497,8 +497,7 @@ def run(overrides: Sequence[str], epochs: int, repeats: int, study: bool,
         "machine": hardware.summary(), "overrides": list(overrides),
         "task": {"source": prep.source.data.name, "train_examples": trained,
                  "batch_size": int(cfg.train.batch_size),
-                 "model": prep.backbone.kind + (f" ({weights_name(prep.backbone.folder)})"
-                                                if transformer else ""),
+                 "model": _model_label(prep),
                  "vocab": len(prep.vocab) if prep.vocab else None,
                  "epochs": epochs, "repeats": repeats},
         "prepare_seconds": round(prepare_seconds, 2),
@@ -555,18 +554,27 @@ def run_precision(overrides: Sequence[str], precision: str, names: Sequence[str]
     machine = hardware.summary()
     report = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine, "overrides": list(overrides),
-              "model": prep.backbone.kind + (f" ({weights_name(prep.backbone.folder)})"
-                                             if prep.backbone.kind == "transformer" else ""),
+              "model": _model_label(prep),
               "comparison": block}
     path = out_dir / f"{_file_name(machine, prep)}-{precision}.json"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-    head = (f"machine: {machine['cpu']}, {machine['cores']} cores, torch threads "
-            f"{machine['torch_threads']}" + (f", GPU {machine['gpu']}" if machine["gpu"] else "")
+    head = (_machine_line(machine)
             + f"\nmodel {report['model']}, target {prep.target.data.name}\n\n")
     atomic_write_text(path.with_suffix(".md"), head + precision_table(block) + "\n")
     report["path"], report["text"] = str(path), head + precision_table(block)
     return report
+
+
+def _model_label(prep: Any) -> str:
+    """``textcnn`` or ``transformer (<weights>)``, as the report's task names the model."""
+    kind = prep.backbone.kind
+    return kind + (f" ({weights_name(prep.backbone.folder)})" if kind == "transformer" else "")
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    return (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
+            + (f", GPU {m['gpu']}" if m["gpu"] else ""))
 
 
 def weights_name(folder: str | Path) -> str:
@@ -633,8 +641,7 @@ def table(report: dict[str, Any]) -> str:
                  + (f" {r['examples_per_s'] / live[r['strategy']]:.2f}x |"
                     if r["strategy"] in live else " |")
                  for r in st["rows"]]
-    head = (f"machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}"
-            + (f", GPU {m['gpu']}" if m["gpu"] else "") + "\n"
+    head = (_machine_line(m) + "\n"
             f"task: {report['task']['source']}, {report['task']['train_examples']} training "
             f"examples, batch {report['task']['batch_size']}, model "
             f"{_model_name(report['task'].get('model', 'textcnn'))}"
