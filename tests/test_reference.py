@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import shutil
 
 import pytest
@@ -100,3 +102,16 @@ def test_the_committed_side_by_side_tables_regenerate_byte_for_byte(tmp_path, na
     proc = run_cli("report", *map(str, copies), "--no-plots", "--side-by-side", str(out))
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == (REPO / "results" / committed).read_bytes()
+
+
+def test_the_committed_probe_check_is_its_log_against_the_committed_frozen_records():
+    """docs/studies.md quotes probe_check.md: the textbook probe's logged predictions scored
+    against this study's `frozen` records as they now stand (it goes stale when they grow)."""
+    spec = importlib.util.spec_from_file_location("plain_probe", REPO / "scripts/plain_probe.py")
+    plain_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain_probe)
+    study = REPO / "results" / "movie_to_amazon_minilm"
+    rows = [json.loads(line) for line in (study / "probe_check.jsonl").read_text().splitlines()]
+    assert {(r["size"], r["seed"]) for r in rows} == {(n, s) for n in (50, 200, 1000)
+                                                      for s in range(5)}
+    assert plain_probe.table(rows, study) == (study / "probe_check.md").read_text()
