@@ -145,6 +145,61 @@ def device(accelerator: str) -> str:
     return gpus[0] if gpus else (platform.processor() or platform.machine())
 
 
+def _status_mib(field: str) -> float | None:
+    """A ``Vm*`` line of /proc/self/status in MiB (None where there is none, e.g. macOS)."""
+    try:
+        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return None if match is None else int(match[1]) / 1024
+
+
+class PeakMemory:
+    """The memory one fit needed, a part of a strategy's cost beside its seconds.
+
+    On a CUDA device: torch's allocations there (its peak statistics reset at the start). On a
+    CPU: the process's resident set, whose high-water mark Linux resets when "5" is written to
+    /proc/self/clear_refs. The peak counts the whole process (weights, data, cached features);
+    ``peak_mib - start_mib`` is what the fit added. :meth:`record` is None where neither can be
+    read (no /proc, or clear_refs refused): an unknown peak, never a lifetime one.
+    """
+
+    def __init__(self, device_type: str) -> None:
+        self.kind = "cuda" if device_type == "cuda" else "rss"
+        self.start: float | None = None
+        self.peak: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.kind == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated() / 2**20
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return self  # start stays None: no peak to read
+        self.start = _status_mib("VmRSS")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.start is None:
+            return
+        if self.kind == "cuda":
+            import torch
+
+            self.peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self.peak = _status_mib("VmHWM")
+
+    def record(self) -> dict[str, Any] | None:
+        if self.start is None or self.peak is None:
+            return None
+        return {"kind": self.kind, "peak_mib": round(self.peak, 1),
+                "start_mib": round(self.start, 1)}
+
+
 def summary() -> dict[str, Any]:
     """Enough to tell two benchmark machines apart, in one table row."""
     import lightning

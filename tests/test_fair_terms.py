@@ -4,6 +4,7 @@ add, a baseline tuned completely whatever the trials, and fits that get room to 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import optuna
@@ -167,6 +168,10 @@ def test_tuning_starts_at_the_default_and_the_report_shows_what_it_bought(small_
     assert back[0]["metrics"] == removed["metrics"]  # the same fit again
     assert sum(len(optuna.load_study(study_name=n, storage=storage).trials)
                for n in names) == trials
+    neural = [t for t in tuned if t["strategy"] == "frozen"]
+    for memory in (t["memory"] for t in neural):  # each fit's training peak, from its start
+        assert memory["kind"] == "rss" and memory["peak_mib"] >= memory["start_mib"] > 0
+    assert "| peak MiB " in (study / "report" / "cost.md").read_text()
     table = (study / "report" / "tuning_gain.md").read_text()
     assert "what tuning bought" in table and "| frozen" in table
     gains = __import__("pandas").read_csv(study / "report" / "tuning_gain.csv")
@@ -238,6 +243,43 @@ def test_a_fit_still_improving_at_its_cap_gets_more_rounds():
     assert capped.epochs == 2 and capped.at_cap
     assert extended.epochs > 2 and extended.steps == extended.epochs * 3
     assert extended.at_cap == (extended.epochs == 32)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK),
+                    reason="the peak resident set is reset through Linux's /proc/self/clear_refs")
+@pytest.mark.parametrize("mib", [40, 240])
+def test_a_fits_peak_memory_is_what_it_needed_not_the_process_lifetime_peak(mib):
+    """A head whose forward pass touches ``mib`` MiB: the fit's record says about that much
+    added, though the process held far more just before the fit."""
+    from torch import nn
+
+    from bench.training.fit import TextClassifier, fit_and_test, loader
+
+    class Hungry(nn.Module):
+        blocks = ("head",)
+
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+
+        def block(self, name):
+            return self.head
+
+        def forward(self, x):
+            scratch = torch.ones(mib * 2**18)  # float32: mib MiB, every page written
+            return self.head(x) + 0 * scratch[:1].sum()
+
+    torch.manual_seed(0)
+    x = torch.randn(100, 4)
+    y = (x[:, 0] > 0).long()
+    train = loader(x, y, 50, True)
+    before = torch.ones(600 * 2**18)  # a 600 MiB high-water mark before the fit
+    del before
+    fit = fit_and_test(TextClassifier(Hungry(), 2, lr=1e-3), train, None, None,
+                       trainer_cfg={"accelerator": "cpu", "devices": 1}, max_epochs=1, patience=1)
+    added = fit.memory["peak_mib"] - fit.memory["start_mib"]
+    assert fit.memory["kind"] == "rss"
+    assert 0.9 * mib <= added <= mib + 150, fit.memory
 
 
 def test_under_a_decaying_schedule_a_selection_at_its_cap_is_rerun_with_twice_the_rounds(

@@ -220,7 +220,9 @@ def _replicates(t: report.StudyTables, strategy: str, size: str) -> list[dict[st
                     "chosen setting": r.get("params") or {},
                     "trials (pruned)": f"{hpo['n_trials']} ({hpo['n_pruned']})" if hpo else "untuned",
                     "rounds": r.get("rounds"), "steps": r.get("steps"),
-                    "fit s": r.get("seconds"), "flags": ", ".join(r.get("flags") or [])})
+                    "fit s": r.get("seconds"),
+                    **({"peak MiB": r["memory"]["peak_mib"]} if r.get("memory") else {}),
+                    "flags": ", ".join(r.get("flags") or [])})
         rows.append(row)
     return sorted(rows, key=lambda row: (row["seed"], row.get("source seed") or 0,
                                          row.get("tuning") or 0))

@@ -136,6 +136,7 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
                      "fit_seconds": float(r.get("seconds") or 0.0),
                      "select_seconds": float((r.get("selection") or {}).get("seconds") or 0.0),
                      "steps": r.get("steps"), "trainable": r.get("trainable"),
+                     **_memory(r.get("memory")),
                      "at_cap": "at_cap" in (r.get("flags") or []),
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
@@ -146,6 +147,16 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
     if not rows:
         raise BenchError(f"no record holds the metric {metric!r}")
     return pd.DataFrame(rows)
+
+
+def _memory(memory: dict[str, Any] | None) -> dict[str, Any]:
+    """A fit's peak memory in MiB and what the fit added to the process (NaN: not measured,
+    e.g. a record made before fits measured it)."""
+    if not memory:
+        return {"peak_mib": math.nan, "added_mib": math.nan, "memory_kind": None}
+    return {"peak_mib": float(memory["peak_mib"]),
+            "added_mib": float(memory["peak_mib"]) - float(memory["start_mib"]),
+            "memory_kind": memory["kind"]}
 
 
 def per_seed(g: pd.DataFrame) -> tuple[pd.Series, np.ndarray | None]:
@@ -536,10 +547,15 @@ def tuning_gain_files(study_dir: Path, df: pd.DataFrame, order: list[str], name:
     }
 
 
+MEMORY_KINDS = {"rss": "the process's resident set on the CPU (Linux high-water mark)",
+                "cuda": "torch's allocations on the GPU"}
+
+
 def cost_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Per cell: accuracy beside what it cost (medians over replicates): trainable weights,
-    the final fit's optimizer steps and seconds, selection seconds (every trial's CV folds),
-    and the share of fits that ended at their hard round limit."""
+    the final fit's optimizer steps, seconds and peak memory (with what the fit itself added),
+    selection seconds (every trial's CV folds), and the share of fits that ended at their
+    hard round limit."""
     neural = df[df["steps"].notna()]
     rows = []
     for (strategy, size), g in neural.groupby(["strategy", "size"], sort=False):
@@ -548,6 +564,8 @@ def cost_table(df: pd.DataFrame, order: list[str]) -> pd.DataFrame:
                      "trainable weights": int(g["trainable"].median()),
                      "steps (final fit)": int(g["steps"].median()),
                      "final fit s": float(g["fit_seconds"].median()),
+                     "peak MiB": float(g["peak_mib"].median()),
+                     "added MiB": float(g["added_mib"].median()),
                      # a tuning's seconds hold every trial's folds; untuned: the one selection
                      "selection s": float(g["tune_seconds"].where(g["tune_seconds"] > 0,
                                                                   g["select_seconds"]).median()),
@@ -781,7 +799,15 @@ def cost_files(t: StudyTables) -> dict[str, str]:
     capped = int(df.loc[df["steps"].notna(), "at_cap"].sum())
     shown = cost.assign(**{"mean": cost["mean"].map(lambda v: f"{v:.3f}"),
                            "final fit s": cost["final fit s"].map(lambda v: f"{v:.1f}"),
-                           "selection s": cost["selection s"].map(lambda v: f"{v:.0f}")})
+                           "selection s": cost["selection s"].map(lambda v: f"{v:.0f}"),
+                           **{c: cost[c].map(lambda v: "-" if math.isnan(v) else f"{v:,.0f}")
+                              for c in ("peak MiB", "added MiB")}})
+    kinds = sorted(set(df["memory_kind"].dropna()))
+    memory = ("" if not kinds else " Peak MiB: the final fit's training peak, "
+              + " and ".join(MEMORY_KINDS[k] for k in kinds)
+              + "; added MiB: that peak less the process's memory when the fit began (what "
+              "the fit itself needed beside the loaded weights and data). '-': not measured "
+              "(a record from before fits measured memory).")
     return {"cost.md": (
         f"{t.name}: what each strategy costs, beside its {t.metric}\n\n" + protocol_line(df)
         + "\n\n" + shown.to_markdown(index=False, disable_numparse=True)
@@ -789,7 +815,7 @@ def cost_files(t: StudyTables) -> dict[str, str]:
         f"{', '.join(sorted(set(df['device'])))}. {capped} of "
         f"{int(df['steps'].notna().sum())} neural final fits carry at_cap (still improving "
         "at the last round allowed). Selection s: every trial's folds, the default's "
-        "included.\n"),
+        f"included.{memory}\n"),
         "cost.csv": cost.round(6).to_csv(index=False, lineterminator="\n")}
 
 

@@ -53,6 +53,15 @@ class Fit:
     test_predictions: np.ndarray | None = None
     steps: int | None = None       # optimizer steps, all phases (neural fits)
     trainable: int | None = None   # weights that trained
+    memory: dict[str, Any] | None = None  # peak over all phases (hardware.PeakMemory.record)
+
+
+def _peak_of(first: dict[str, Any] | None, last: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A two-phase fit's memory: the higher peak, from the first phase's start."""
+    if first is None or last is None:
+        return last if first is None else None
+    return {**last, "peak_mib": max(first["peak_mib"], last["peak_mib"]),
+            "start_mib": first["start_mib"]}
 
 
 @dataclass
@@ -293,7 +302,7 @@ class NeuralMethod(_Method):
         phases = list(rounds) if rounds else None  # fixed lengths: no validation at all
         penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
                    if strategy.l2sp else None)
-        epochs, chosen, steps = 0, [], 0
+        epochs, chosen, steps, first = 0, [], 0, None
         if strategy.lp_ft:  # phase 1, linear probing: the head alone
             stage = [model, train, val]
             if self.caches_probe_stage:  # the same fit on the body's cached features
@@ -319,7 +328,8 @@ class NeuralMethod(_Method):
         chosen.append(result.best_epoch)
         return Fit(result.metrics, epochs + result.epochs, epochs + result.best_epoch,
                    result.seconds, result.diverged, chosen, result.at_cap,
-                   result.test_predictions, steps + result.steps, result.trainable)
+                   result.test_predictions, steps + result.steps, result.trainable,
+                   _peak_of(first.memory if first else None, result.memory))
 
     def describe(self) -> dict[str, Any]:
         prep, blocks = self.prep, self.prep.backbone.blocks

@@ -38,7 +38,8 @@ def make_record(cfg: DictConfig, method: Any, size: int | str, n: int, seed: int
         "protocol": cfg.protocol.name, "labels": labels,
         "metrics": {k: round(v, 6) for k, v in fit.metrics.items()},
         "epochs": fit.epochs, "best_epoch": fit.best_epoch, "seconds": round(fit.seconds, 3),
-        **({"steps": fit.steps, "trainable": fit.trainable} if fit.steps is not None else {}),
+        **({"steps": fit.steps, "trainable": fit.trainable, "memory": fit.memory}
+           if fit.steps is not None else {}),
         "rounds": hpo_info.get("rounds"), "flags": fit_flags(hpo_info, fit),
         "selection": {**{k: hpo_info.get(k) for k in ("best_value", "majority", "fold_scores",
                                                        "at_cap", "seconds")},

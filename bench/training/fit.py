@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from bench.hardware import PeakMemory
 from bench.data.batching import EVAL_BATCH, loader, passes_per_round  # noqa: F401
 from bench.training.schedule import is_constant, make_scheduler
 from bench.training.strategies import Strategy, param_groups
@@ -199,6 +200,7 @@ class FitResult:
     test_predictions: np.ndarray | None = None  # predicted class per test text, in input order
     steps: int = 0               # optimizer steps taken
     trainable: int = 0           # weights that trained (at the end of the fit)
+    memory: dict[str, Any] | None = None  # the training's peak (hardware.PeakMemory.record)
 
 
 class ExtendWhileImproving(Callback):
@@ -249,8 +251,10 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
                             limit_val_batches=0 if val is None else None,
                             num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
         diverged = None
+        memory = PeakMemory(trainer.strategy.root_device.type)
         try:
-            trainer.fit(module, train, val)
+            with memory:
+                trainer.fit(module, train, val)
         except Diverged as exc:
             # A selection fit reports it (the caller prunes it); a final fit falls back to its
             # best checkpoint from before the divergence, if it validated at least once.
@@ -261,7 +265,8 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
         # Rounds run minus those spent waiting for an improvement that never came.
         best_epoch = epochs if stop is None else max(epochs - stop.wait_count, 1)
         at_cap = stop is not None and epochs >= limit and stop.wait_count == 0
-        cost = {"steps": int(trainer.global_step), "trainable": int(getattr(module, "trainable", 0))}
+        cost = {"steps": int(trainer.global_step), "trainable": int(getattr(module, "trainable", 0)),
+                "memory": memory.record()}
         if test is None:
             metrics = {} if stop is None else history.rounds[best_epoch - 1]
             return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
