@@ -171,7 +171,11 @@ def test_tuning_starts_at_the_default_and_the_report_shows_what_it_bought(small_
     neural = [t for t in tuned if t["strategy"] == "frozen"]
     for memory in (t["memory"] for t in neural):  # each fit's training peak, from its start
         assert memory["kind"] == "rss" and memory["peak_mib"] >= memory["start_mib"] > 0
-    assert "| peak MiB " in (study / "report" / "cost.md").read_text()
+    cost = (study / "report" / "cost.md").read_text()
+    assert "| peak MiB " in cost
+    spent = sum((r["hpo"] or {}).get("seconds") or r["selection"]["seconds"] or 0
+                for r in tuned) + sum(r["seconds"] for r in tuned)  # tunings, selections, fits
+    assert f"Compute in these records: {spent / 60:.1f} min (n=50: {spent / 60:.1f} min)" in cost
     table = (study / "report" / "tuning_gain.md").read_text()
     assert "what tuning bought" in table and "| frozen" in table
     gains = __import__("pandas").read_csv(study / "report" / "tuning_gain.csv")

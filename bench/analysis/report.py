@@ -791,6 +791,10 @@ def edge_files(t: StudyTables) -> dict[str, str]:
         "ranges) of an end: the range may have bound the search; widen it and rerun.\n")}
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def cost_files(t: StudyTables) -> dict[str, str]:
     df = t.df
     cost = cost_table(df, t.order)
@@ -808,6 +812,15 @@ def cost_files(t: StudyTables) -> dict[str, str]:
               + "; added MiB: that peak less the process's memory when the fit began (what "
               "the fit itself needed beside the loaded weights and data). '-': not measured "
               "(a record from before fits measured memory).")
+    spent = (df["tune_seconds"].where(df["tune_seconds"] > 0, df["select_seconds"])
+             + df["fit_seconds"])
+    by_size = spent.groupby(df["size"]).sum()
+    compute = (f" Compute in these records: {_duration(spent.sum())} ("
+               + ", ".join(f"n={z}: {_duration(by_size[z])}"
+                           for z in sorted(by_size.index, key=size_order))
+               + "), every tuning's trials, every selection and every final fit summed (the "
+               "untuned defaults' extra final fits and data preparation not counted): a lower "
+               "bound on the study's wall time on its device.")
     return {"cost.md": (
         f"{t.name}: what each strategy costs, beside its {t.metric}\n\n" + protocol_line(df)
         + "\n\n" + shown.to_markdown(index=False, disable_numparse=True)
@@ -815,7 +828,7 @@ def cost_files(t: StudyTables) -> dict[str, str]:
         f"{', '.join(sorted(set(df['device'])))}. {capped} of "
         f"{int(df['steps'].notna().sum())} neural final fits carry at_cap (still improving "
         "at the last round allowed). Selection s: every trial's folds, the default's "
-        f"included.{memory}\n"),
+        f"included.{memory}{compute}\n"),
         "cost.csv": cost.round(6).to_csv(index=False, lineterminator="\n")}
 
 
