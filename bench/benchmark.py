@@ -241,10 +241,11 @@ def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, round
     """Each strategy's own training fit on n target labels, as a study's final fit runs it
     (its own train defaults, caching of frozen features, LP-FT's two stages), for ``rounds``
     rounds without validation or test: optimizer steps x batch / second. A strategy that
-    trains on cached features or on a frozen prefix's cached states is also timed with the
-    cache off (the live network), the speed-up's before and after. The first fit of a process
-    computes the cache; the figure is the median of the ``repeats`` fits after it (one fit's
-    time moves by half from run to run on a shared CPU).
+    trains on cached features or on a frozen prefix's cached states (gradual unfreezing: in
+    its frozen rounds) is also timed with the cache off (the live network), the speed-up's
+    before and after. The first fit of a process computes the cache; the figure is the median
+    of the ``repeats`` fits after it (one fit's time moves by half from run to run on a shared
+    CPU).
     """
     from bench.study.methods import NeuralMethod
     from bench.study.prepare import prepare
@@ -259,9 +260,10 @@ def strategy_rates(overrides: Sequence[str], names: Sequence[str], n: int, round
         method = NeuralMethod(prep, cfg, strategy)
         variants = [("", method)]
         cached_prefix = method.caches_prefix and strategy.frozen_layers(prep.backbone.blocks)
-        if method.caches or method.caches_probe_stage or cached_prefix:
+        if method.caches or method.caches_probe_stage or cached_prefix or method.caches_rounds:
             live = NeuralMethod(prep, cfg, strategy)
             live.caches = live.caches_probe_stage = live.caches_prefix = False
+            live.caches_rounds = False
             variants.append((LIVE, live))
         for label, m in variants:
             subset = m.subset(n, 0)

@@ -290,6 +290,36 @@ def test_partial_on_a_cached_frozen_prefix_equals_the_live_model(tiny_bert, smal
     assert list(fast._prefix) == [len(blocks) - 3] and not live._prefix  # one ran on the cache
 
 
+def test_gradual_unfreezing_on_cached_frozen_rounds_equals_the_live_model(tiny_bert, small_data,
+                                                                         tmp_path):
+    """Gradual unfreezing, one block a round: in each round the blocks still frozen are read
+    from the per-depth cache (all layers, then fewer, then the embeddings' output alone), then
+    the token ids run live once the embeddings train. The same fit as all live, for a fit
+    that ends with everything unfrozen and one scored while the bottom is still frozen."""
+    from bench.study.methods import NeuralMethod
+    from bench.study.prepare import prepare
+
+    cfg = compose_config(bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
+                                    "strategy=[gradual]", "strategy.gradual.unfreeze_every=1",
+                                    "train.lr=0.01"))
+    (gradual,) = strategies(cfg)
+    prep = prepare(cfg, [gradual], [20])
+    assert len(prep.backbone.blocks) == 4  # embeddings, layer_0, layer_1, head
+    fast, live = NeuralMethod(prep, cfg, gradual), NeuralMethod(prep, cfg, gradual)
+    live.caches_rounds = False
+    assert fast.caches_rounds and gradual.frozen_layers(prep.backbone.blocks) == 0
+    for rounds in ([6], [2]):
+        a, b = fast.final({}, 60, 0, rounds), live.final({}, 60, 0, rounds)
+        assert a.steps == b.steps and a.epochs == b.epochs == rounds[0]
+        assert a.trainable == b.trainable
+        # the tiny random BERT learns little here, so the loss (every logit) is the check
+        assert a.metrics["test_loss"] == pytest.approx(b.metrics["test_loss"], rel=1e-6)
+        assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
+        assert np.array_equal(a.test_predictions, b.test_predictions)
+    # rounds 0, 1, 2 ran on the states after 2, 1 and 0 layers; live computed none
+    assert sorted(fast._prefix) == [0, 1, 2] and not live._prefix
+
+
 def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):
     proc = run_cli("sweep", *bert_study(small_data, tmp_path / "r", tmp_path / "c", tiny_bert,
                                         f"strategy=[{','.join(ALL)}]", "data.sizes=[20]",

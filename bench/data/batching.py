@@ -97,11 +97,14 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
     :func:`passes_per_round`); evaluation batches go through the texts sorted by length (order
     does not change a metric, and the padding all but disappears). Float rows (cached frozen
-    features, or per-token states of a frozen prefix) are batched by their texts' ``lengths``,
-    so they meet the same neighbours.
+    features, or per-token states of a frozen prefix) and bare row numbers (a model that looks
+    its rows up itself) are batched by their texts' ``lengths``, so they meet the same
+    neighbours.
     """
     dataset = TensorDataset(ids, labels)
-    features = ids.is_floating_point()
+    features = ids.is_floating_point() or ids.dim() == 1
+    if ids.dim() == 1 and not ids.is_floating_point() and lengths is None:
+        raise ValueError("row numbers need their texts' lengths")
     if lengths is None:
         lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(1)
     if shuffle:

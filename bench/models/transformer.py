@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -163,6 +163,50 @@ class PrefixCached(nn.Module):
     def forward(self, cached: torch.Tensor) -> torch.Tensor:
         mask = cached[..., -1].to(torch.long)
         hidden = self.model.layers(cached[..., :-1], mask, self.start, len(self.blocks) - 2)
+        return self.model.head(pool(hidden, mask))
+
+
+class DepthCached(nn.Module):
+    """Gradual unfreezing with its frozen rounds on cached states. Its input is target rows:
+    in each round the blocks still frozen are looked up (``states(k)``: the states after the
+    embeddings and the bottom ``k`` layers, computed once per text and process) and only the
+    blocks that train run; once the embeddings train, the rows' token ids run live. The depth
+    is read off the blocks' ``requires_grad`` at every call, so it follows the unfreezing
+    callback round by round; a block that has trained once stays live for the rest of the fit
+    (Lightning's fine-tuning callback freezes the blocks again before a test, whose scores
+    must come from the trained weights). One instance per fit."""
+
+    def __init__(self, model: Encoder, ids: torch.Tensor,
+                 states: Callable[[int], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.blocks = model, model.blocks
+        self._ids, self._states = ids, states  # plain attributes: never in a state dict
+        self._lowest = len(self.blocks) - 1  # the lowest block that has trained: the head
+
+    def block(self, name: str) -> nn.Module:
+        return self.model.block(name)
+
+    def frozen_depth(self) -> int | None:
+        """Encoder layers below the lowest block that has trained so far in this fit; None
+        once the embeddings have (then nothing below can be cached)."""
+        for i, name in enumerate(self.blocks[:self._lowest]):
+            if any(p.requires_grad for p in self.model.block(name).parameters()):
+                self._lowest = i
+                break
+        return None if self._lowest == 0 else self._lowest - 1
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        depth, device = self.frozen_depth(), rows.device
+        rows = rows.cpu()
+        if depth is None:
+            ids = self._ids[rows]
+            width = max(int((ids != self.model.pad_id).sum(dim=1).max()), 1)
+            return self.model(ids[:, :width].to(device))
+        cached = self._states(depth)[rows]
+        width = max(int(cached[..., -1].sum(dim=1).max()), 1)
+        cached = cached[:, :width].to(device)
+        mask = cached[..., -1].to(torch.long)
+        hidden = self.model.layers(cached[..., :-1], mask, depth, len(self.blocks) - 2)
         return self.model.head(pool(hidden, mask))
 
 

@@ -27,7 +27,8 @@ from bench.training import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
 from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
-from bench.models.transformer import PrefixCached, Probe, frozen_features, prefix_states
+from bench.models.transformer import (DepthCached, PrefixCached, Probe, frozen_features,
+                                      prefix_states)
 from bench.study.prepare import Prepared, trainer_kwargs
 from bench.training.schedule import is_constant
 from bench.training.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
@@ -183,6 +184,8 @@ class NeuralMethod(_Method):
         self.caches_probe_stage = prep.backbone.caches_features and strategy.probe_stage_cacheable
         self._features: torch.Tensor | None = None
         self.caches_prefix = prep.backbone.caches_prefix and not self.caches
+        # gradual unfreezing: each round's still-frozen blocks from the same per-depth cache
+        self.caches_rounds = self.caches_prefix and strategy.unfreezes_from_pretrained
         self._prefix: dict[int, torch.Tensor] = {}
 
     def select(self, params: dict[str, Any], n: int, seed: int,
@@ -224,6 +227,14 @@ class NeuralMethod(_Method):
             self._prefix[layers] = prefix_states(model, self.prep.target.ids, layers)
         return self._prefix[layers]
 
+    def _prefix_mid_fit(self, layers: int) -> torch.Tensor:
+        """:meth:`prefix` while a fit runs: building the body draws random numbers, so the
+        fit's own stream (its dropout masks) is set aside and restored."""
+        if layers in self._prefix:
+            return self._prefix[layers]
+        with torch.random.fork_rng(devices=[]):
+            return self.prefix(layers)
+
     def _build(self, strategy: Strategy, cell: DictConfig) -> torch.nn.Module:
         prep = self.prep
         return build_model(strategy, lambda: prep.make_model(cell.model), prep.matrix,
@@ -232,25 +243,26 @@ class NeuralMethod(_Method):
 
     def _loaders(self, model: torch.nn.Module, train_idx: np.ndarray, val_idx: np.ndarray | None,
                  bs: int, seed: int, passes: int, test: bool,
-                 frozen_layers: int = 0) -> tuple[torch.nn.Module, Any, Any, Any]:
+                 frozen_layers: int = 0, rows: bool = False) -> tuple[torch.nn.Module, Any, Any, Any]:
         """(model, train, validation, test loaders): over token ids, over cached features
-        with the head alone as the model, or over a frozen prefix's cached states with the
-        layers above it as the model."""
+        with the head alone as the model, over a frozen prefix's cached states with the
+        layers above it as the model, or (``rows``: gradual unfreezing) over target rows that
+        the model looks up in the cache of whatever is frozen in that round."""
         target = self.prep.target
-        if self.caches:
-            return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test)
-        if frozen_layers:
+        if self.caches or frozen_layers or rows:
             return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test,
-                                         frozen_layers)
+                                         frozen_layers, rows)
         return (model, target.loader(train_idx, bs, True, seed, passes),
                 None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
                 target.loader(target.splits.test, EVAL_BATCH) if test else None)
 
     def _feature_loaders(self, model: torch.nn.Module, train_idx: np.ndarray,
                          val_idx: np.ndarray | None, bs: int, seed: int, passes: int,
-                         test: bool, frozen_layers: int = 0) -> tuple[torch.nn.Module, Any, Any, Any]:
+                         test: bool, frozen_layers: int = 0,
+                         rows: bool = False) -> tuple[torch.nn.Module, Any, Any, Any]:
         target = self.prep.target
-        x = self.prefix(frozen_layers) if frozen_layers else self.features()
+        x = (torch.arange(len(target.ids)) if rows else
+             self.prefix(frozen_layers) if frozen_layers else self.features())
         y = target.labels
         lengths = (target.ids != target.pad_id).sum(dim=1)
 
@@ -260,7 +272,9 @@ class NeuralMethod(_Method):
             return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1,
                           lengths=lengths[idx])
 
-        return (PrefixCached(model, frozen_layers) if frozen_layers else Probe(model.head),
+        net = (DepthCached(model, target.ids, self._prefix_mid_fit) if rows else
+               PrefixCached(model, frozen_layers) if frozen_layers else Probe(model.head))
+        return (net,
                 over(train_idx, True, bs),
                 None if val_idx is None else over(val_idx, False, EVAL_BATCH),
                 over(target.splits.test, False, EVAL_BATCH) if test else None)
@@ -291,8 +305,9 @@ class NeuralMethod(_Method):
         # help; stretching it instead would change the LR path of every fit, short ones too.
         extend = int(cell.train.get("extend_epochs") or 0) if is_constant(schedule) else 0
         passes = passes_per_round(len(train_idx), bs, max_rounds, int(cell.train.min_steps))
+        rows = self.caches_rounds and strategy.unfreezes_from_pretrained
         model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed,
-                                                       passes, test, frozen_layers)
+                                                       passes, test, frozen_layers, rows)
         blocks = model.blocks
         optimizer = str(cell.model.get("optimizer", "adam"))
         run = dict(trainer_cfg=trainer_kwargs(cell), max_epochs=max_rounds,

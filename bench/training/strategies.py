@@ -130,6 +130,14 @@ class Strategy:
         return bool(self.lp_ft) and self.transfer != "none" and not (
             self.lora or self.bitfit or self.l2sp)
 
+    @property
+    def unfreezes_from_pretrained(self) -> bool:
+        """Gradual unfreezing alone: each block keeps its transferred weights until its round
+        comes, so in every round the blocks still frozen compute what they computed at the
+        start, and their output can be cached once per text for all rounds."""
+        return bool(self.unfreeze_every) and self.transfer != "none" and not (
+            self.lora or self.bitfit or self.lp_ft or self.l2sp)
+
     def frozen_layers(self, blocks: tuple[str, ...]) -> int:
         """Encoder layers that stay frozen for the whole fit under the embeddings while every
         block above them trains (``partial``): their output can be computed once per text.
