@@ -204,7 +204,35 @@ def validate(argv: Sequence[str]) -> None:
             else:
                 labels = "n, the whole training pool" if size == "all" else f"{size}"
             print(f"  size {size}: {labels} target labels per replicate")
+        if recorded:
+            _print_progress(load_records(out / RECORDS), methods, [str(s) for s in sizes],
+                            len(cfg.seeds))
     print(f"valid: {len(configs)} job(s); nothing was written")
+
+
+def _print_progress(records: list, methods: list[str], sizes: list[str], seeds: int) -> None:
+    """What a resumed study has done and what it cost so far, per method and size."""
+    from bench.folder import progress
+
+    done = progress(records)
+    cell = {(r.strategy, r.size): r for r in done.itertuples()}
+    names = [*methods, *(s for s in dict.fromkeys(done["strategy"]) if s not in methods)]
+
+    def text(seconds: float) -> str:
+        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+    rows = [["method", *(f"n={z}" for z in sizes)]]
+    for name in names:
+        rows.append([name, *(f"{cell[name, z].records}/{seeds} ({text(cell[name, z].seconds)})"
+                             if (name, z) in cell else f"0/{seeds}" for z in sizes)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"  progress: replicates recorded of {seeds} seeds per cell (compute in them: "
+          "tuning or selection + final fit)")
+    for r in rows:
+        print("    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    by_size = done.groupby("size")["seconds"].sum()
+    print(f"  compute recorded: {text(float(done['seconds'].sum()))} ("
+          + ", ".join(f"n={z}: {text(float(by_size.get(z, 0.0)))}" for z in sizes) + ")")
 
 
 def report(argv: Sequence[str]) -> None:

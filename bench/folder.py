@@ -211,3 +211,22 @@ def hpo_table(records: list[dict[str, Any]]) -> pd.DataFrame:
     frame["_order"] = frame["size"].map(size_order)
     return (frame.sort_values(["_order", "strategy", "seed"], kind="stable")
             .drop(columns="_order").reset_index(drop=True))
+
+
+def compute_seconds(record: dict[str, Any]) -> float:
+    """What a replicate cost: its tuning's trials (or its one selection) plus its final fit."""
+    tuned = float((record.get("hpo") or {}).get("seconds") or 0.0)
+    selected = float((record.get("selection") or {}).get("seconds") or 0.0)
+    return (tuned if tuned > 0 else selected) + float(record.get("seconds") or 0.0)
+
+
+def progress(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """A running study's progress per (method, size): replicates recorded and their compute,
+    for deciding what a resumed run still has to do."""
+    rows = [{"strategy": r["strategy"], "size": str(r["size"]),
+             "seconds": compute_seconds(r)} for r in records]
+    if not rows:
+        return pd.DataFrame(columns=["strategy", "size", "records", "seconds"])
+    frame = pd.DataFrame(rows)
+    return (frame.groupby(["strategy", "size"], sort=False)
+            .agg(records=("seconds", "size"), seconds=("seconds", "sum")).reset_index())

@@ -4,7 +4,10 @@ used to slip past the up-front checks."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
+
+import pytest
 
 from conftest import REPO, run_cli, run_main, small_study_overrides
 
@@ -61,6 +64,29 @@ def test_validate_prints_each_jobs_cells_and_labels_and_writes_nothing(tmp_path)
     committed = run_main("validate", "experiment=movie_to_amazon_reference")
     assert "(90 records so far: it resumes)" in committed.stdout
     one_line_error(run_main("validate", "data.sizes=[0]"), "data.sizes contains 0")
+
+
+def test_validate_shows_a_resumed_studys_progress_per_method_and_size():
+    """The committed MiniLM study, part-way: each (method, size) reads the replicates its
+    records hold, and the compute line sums their tuning and final-fit seconds."""
+    records = [json.loads(line) for line in
+               (REPO / "results" / "movie_to_amazon_minilm" / "records.jsonl").read_text()
+               .splitlines()]
+    out = run_main("validate", "experiment=movie_to_amazon_minilm").stdout
+    table = [line.split(None, 1) for line in out.splitlines() if line.startswith("    ")]
+    assert table[0][0] == "method" and table[0][1].split() == ["n=50", "n=200", "n=1000"]
+    cells = {name: re.findall(r"(\d+)/5", rest) for name, rest in table[1:]}
+    assert list(cells)[:3] == ["scratch", "frozen", "partial"] and "majority" in cells
+    for name, counts in cells.items():
+        for size, shown in zip(("50", "200", "1000"), counts):
+            expected = sum(r["strategy"] == name and str(r["size"]) == size for r in records)
+            assert int(shown) == expected, (name, size)
+    spent = sum((r["hpo"] or {}).get("seconds") or r["selection"]["seconds"] or 0
+                for r in records) + sum(r["seconds"] or 0 for r in records)
+    total = re.search(r"compute recorded: ([\d.]+) (h|min)", out)
+    assert float(total[1]) == pytest.approx(spent / (3600 if total[2] == "h" else 60), abs=0.051)
+    fresh = run_main("validate", "experiment=movie_to_amazon_minilm", "study=elsewhere")
+    assert "(new)" in fresh.stdout and "progress" not in fresh.stdout
 
 
 def test_hpo_none_with_trials_says_how_to_tune():
