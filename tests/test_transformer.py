@@ -318,6 +318,31 @@ def test_gradual_unfreezing_on_cached_frozen_rounds_equals_the_live_model(tiny_b
         assert np.array_equal(a.test_predictions, b.test_predictions)
     # rounds 0, 1, 2 ran on the states after 2, 1 and 0 layers; live computed none
     assert sorted(fast._prefix) == [0, 1, 2] and not live._prefix
+    # early stopping on a held-out part, the best round's weights reloaded, then scored
+    rows = fast.subset(60, 0)
+    a, b = (m._fit({}, rows[:40], rows[40:], 0, test=True) for m in (fast, live))
+    assert a.epochs == b.epochs and a.best_epoch == b.best_epoch
+    assert a.metrics == pytest.approx(b.metrics, rel=1e-6)
+    assert np.array_equal(a.test_predictions, b.test_predictions)
+
+
+def test_no_prefix_cache_where_a_projection_sits_between_embeddings_and_layers(tiny_bert,
+                                                                              tmp_path):
+    """An ELECTRA with embeddings narrower than its layers projects them outside every block:
+    the layers cannot be fed the embeddings' cached output, so partial and gradual run live."""
+    from bench.models import Backbone
+
+    def backbone(**changes) -> Backbone:
+        folder = tmp_path / "_".join(f"{k}{v}" for k, v in changes.items())
+        shutil.copytree(tiny_bert, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        return Backbone("transformer", (), 0, None, None, folder=str(folder))
+
+    assert backbone(model_type="bert").caches_prefix
+    assert backbone(model_type="electra", embedding_size=16).caches_prefix  # = hidden_size
+    assert not backbone(model_type="electra", embedding_size=8).caches_prefix
+    assert not backbone(model_type="electra").caches_prefix  # ELECTRA's default: 128
 
 
 def test_every_strategy_runs_in_a_tuned_study(tiny_bert, small_data, tmp_path):

@@ -136,10 +136,16 @@ class Backbone:
     @property
     def caches_prefix(self) -> bool:
         """Frozen bottom layers can be run once per text when the layers can be run one by one
-        (:data:`bench.models.transformer.PREFIX_MODELS`)."""
-        return (self.kind == "transformer" and self.folder is not None
-                and transformer.folder_config(self.folder).get("model_type")
-                in transformer.PREFIX_MODELS)
+        (:data:`bench.models.transformer.PREFIX_MODELS`) straight after the embeddings (not an
+        ELECTRA whose narrower embeddings pass a projection outside every block first)."""
+        if self.kind != "transformer" or self.folder is None:
+            return False
+        if transformer.folder_config(self.folder).get("model_type") not in transformer.PREFIX_MODELS:
+            return False
+        from transformers import AutoConfig  # its defaults fill what config.json leaves out
+
+        config = AutoConfig.from_pretrained(self.folder, local_files_only=True)
+        return getattr(config, "embedding_size", config.hidden_size) == config.hidden_size
 
     def pretrained(self) -> dict[str, torch.Tensor] | None:
         """The weights ``transfer: network`` starts from without a source step (the hub's)."""

@@ -11,6 +11,7 @@ logistic regression on the same subsets and folds, and the majority class of the
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from bench.training import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
 from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
-from bench.models.transformer import (DepthCached, PrefixCached, Probe, frozen_features,
-                                      prefix_states)
+from bench.models.transformer import (DepthCached, PrefixCached, Probe, folder_config,
+                                      frozen_features, prefix_states)
 from bench.study.prepare import Prepared, trainer_kwargs
 from bench.training.schedule import is_constant
 from bench.training.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
@@ -40,6 +41,22 @@ def with_params(cfg: DictConfig, params: dict[str, Any]) -> DictConfig:
     for path, value in params.items():
         OmegaConf.update(cell, path, value, merge=False)
     return cell
+
+
+def _memory_bytes() -> int:
+    """Physical memory (Linux, macOS); where unknown, as if 8 GiB."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def _round_cache_bytes(prep: Prepared) -> int:
+    """Gradual unfreezing's cache at its largest: float32 states (and the mask) of every
+    target text at every depth below the top layer."""
+    ids = prep.target.ids
+    hidden = int(folder_config(str(prep.backbone.folder)).get("hidden_size") or 0)
+    return len(ids) * ids.shape[1] * (hidden + 1) * 4 * (len(prep.backbone.blocks) - 1)
 
 
 @dataclass
@@ -184,8 +201,12 @@ class NeuralMethod(_Method):
         self.caches_probe_stage = prep.backbone.caches_features and strategy.probe_stage_cacheable
         self._features: torch.Tensor | None = None
         self.caches_prefix = prep.backbone.caches_prefix and not self.caches
-        # gradual unfreezing: each round's still-frozen blocks from the same per-depth cache
-        self.caches_rounds = self.caches_prefix and strategy.unfreezes_from_pretrained
+        # gradual unfreezing: each round's still-frozen blocks from a per-depth cache. Measured
+        # on a CPU only (on a GPU each batch's lookup crosses the bus: it runs live there), and
+        # only where every depth's states of every target text fit in an eighth of the memory
+        self.caches_rounds = (self.caches_prefix and strategy.unfreezes_from_pretrained
+                              and not torch.cuda.is_available()
+                              and _round_cache_bytes(prep) <= _memory_bytes() / 8)
         self._prefix: dict[int, torch.Tensor] = {}
 
     def select(self, params: dict[str, Any], n: int, seed: int,
@@ -229,10 +250,11 @@ class NeuralMethod(_Method):
 
     def _prefix_mid_fit(self, layers: int) -> torch.Tensor:
         """:meth:`prefix` while a fit runs: building the body draws random numbers, so the
-        fit's own stream (its dropout masks) is set aside and restored."""
+        fit's own stream (its dropout masks) is set aside and restored; and the states are
+        computed in float32 outside the fit's autocast, as every other cache is."""
         if layers in self._prefix:
             return self._prefix[layers]
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False):
             return self.prefix(layers)
 
     def _build(self, strategy: Strategy, cell: DictConfig) -> torch.nn.Module:
