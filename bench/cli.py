@@ -212,15 +212,11 @@ def validate(argv: Sequence[str]) -> None:
 
 def _print_progress(records: list, methods: list[str], sizes: list[str], seeds: int) -> None:
     """What a resumed study has done and what it cost so far, per method and size."""
-    from bench.folder import progress
+    from bench.folder import duration_text as text, progress
 
     done = progress(records)
     cell = {(r.strategy, r.size): r for r in done.itertuples()}
     names = [*methods, *(s for s in dict.fromkeys(done["strategy"]) if s not in methods)]
-
-    def text(seconds: float) -> str:
-        return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
     rows = [["method", *(f"n={z}" for z in sizes)]]
     for name in names:
         rows.append([name, *(f"{cell[name, z].records}/{seeds} ({text(cell[name, z].seconds)})"

@@ -220,6 +220,10 @@ def compute_seconds(record: dict[str, Any]) -> float:
     return (tuned if tuned > 0 else selected) + float(record.get("seconds") or 0.0)
 
 
+def duration_text(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def progress(records: list[dict[str, Any]]) -> pd.DataFrame:
     """A running study's progress per (method, size): replicates recorded and their compute,
     for deciding what a resumed run still has to do."""

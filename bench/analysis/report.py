@@ -36,8 +36,9 @@ from bench.cache import atomic_write_text
 from bench.errors import BenchError
 from bench.analysis.diagnostics import (EDGE, MAJORITY, VARIANCE_NOTE, edge_table, flags_table,
                                variance_markdown, variance_table)
-from bench.folder import (DEFAULTS, ESTIMATES, RECORDS, dataset_label, hpo_table, load_records,
-                          read_study, record_problems, size_order, split_method)
+from bench.folder import (DEFAULTS, ESTIMATES, RECORDS, compute_seconds, dataset_label,
+                          duration_text, hpo_table, load_records, read_study, record_problems,
+                          size_order, split_method)
 
 REPORT_DIR = "report"
 DEFAULT_METRIC = "test_acc"
@@ -139,6 +140,7 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
                      **_memory(r.get("memory")),
                      "at_cap": "at_cap" in (r.get("flags") or []),
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
+                     "compute_seconds": compute_seconds(r),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
                      "pruned": (r.get("hpo") or {}).get("n_pruned"),
                      "device": r.get("device", ""),
@@ -791,10 +793,6 @@ def edge_files(t: StudyTables) -> dict[str, str]:
         "ranges) of an end: the range may have bound the search; widen it and rerun.\n")}
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
-
-
 def cost_files(t: StudyTables) -> dict[str, str]:
     df = t.df
     cost = cost_table(df, t.order)
@@ -812,11 +810,10 @@ def cost_files(t: StudyTables) -> dict[str, str]:
               + "; added MiB: that peak less the process's memory when the fit began (what "
               "the fit itself needed beside the loaded weights and data). '-': not measured "
               "(a record from before fits measured memory).")
-    spent = (df["tune_seconds"].where(df["tune_seconds"] > 0, df["select_seconds"])
-             + df["fit_seconds"])
+    spent = df["compute_seconds"]
     by_size = spent.groupby(df["size"]).sum()
-    compute = (f" Compute in these records: {_duration(spent.sum())} ("
-               + ", ".join(f"n={z}: {_duration(by_size[z])}"
+    compute = (f" Compute in these records: {duration_text(spent.sum())} ("
+               + ", ".join(f"n={z}: {duration_text(by_size[z])}"
                            for z in sorted(by_size.index, key=size_order))
                + "), every tuning's trials, every selection and every final fit summed (the "
                "untuned defaults' extra final fits and data preparation not counted): a lower "

@@ -10,20 +10,29 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 
 
-class _Trim:
-    """Cut the padded id matrix to the longest text in this batch (dynamic padding).
+def trim_ids(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """A padded id matrix cut to its longest text (dynamic padding).
 
     The model, not the loader, pads further when it needs a minimum width (a convolution
     window), and masks padding, so a text's logits do not depend on its batch neighbours.
     """
+    return ids[:, :max(int((ids != pad_id).sum(dim=1).max()), 1)]
+
+
+def trim_states(states: torch.Tensor) -> torch.Tensor:
+    """Cached per-token states (mask in the last channel) cut to their longest text, as
+    :func:`trim_ids` cuts token ids: the layers above see the widths the live model would."""
+    return states[:, :max(int(states[..., -1].sum(dim=1).max()), 1)]
+
+
+class _Trim:
+    """Collate: a batch's ids through :func:`trim_ids`."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
     def __call__(self, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids, labels = batch
-        width = max(int((ids != self.pad_id).sum(dim=1).max()), 1)
-        return ids[:, :width], labels
+        return trim_ids(batch[0], self.pad_id), batch[1]
 
 
 def _whole(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +40,7 @@ def _whole(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _trim_states(batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached per-token states (mask in the last channel) cut to the batch's longest text, as
-    :class:`_Trim` cuts token ids: the layers above see the widths the live model would."""
-    states, labels = batch
-    width = max(int(states[..., -1].sum(dim=1).max()), 1)
-    return states[:, :width], labels
+    return trim_states(batch[0]), batch[1]
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -102,9 +107,10 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     neighbours.
     """
     dataset = TensorDataset(ids, labels)
-    features = ids.is_floating_point() or ids.dim() == 1
-    if ids.dim() == 1 and not ids.is_floating_point() and lengths is None:
+    rows = ids.dim() == 1  # row numbers of a model that looks its rows up itself
+    if rows and lengths is None:
         raise ValueError("row numbers need their texts' lengths")
+    features = ids.is_floating_point() or rows
     if lengths is None:
         lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(1)
     if shuffle:

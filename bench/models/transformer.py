@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bench.cache import cached, sha256_file, stable_hash
+from bench.data.batching import trim_ids, trim_states
 from bench.errors import BenchError
 
 TARGET = "bench.models.transformer.Encoder"
@@ -137,6 +138,13 @@ class Encoder(nn.Module):
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 
+    def from_states(self, cached: torch.Tensor, start: int) -> torch.Tensor:
+        """Logits from the cached states after layer ``start - 1`` (:func:`prefix_states`:
+        the real-token mask in the last channel): the layers from ``start`` up, then the head."""
+        mask = cached[..., -1].to(torch.long)
+        hidden = self.layers(cached[..., :-1], mask, start, len(self.blocks) - 2)
+        return self.head(pool(hidden, mask))
+
 
 PREFIX_MODELS = ("bert", "roberta", "xlm-roberta", "electra")
 
@@ -161,9 +169,7 @@ class PrefixCached(nn.Module):
         return self.model.block(name)
 
     def forward(self, cached: torch.Tensor) -> torch.Tensor:
-        mask = cached[..., -1].to(torch.long)
-        hidden = self.model.layers(cached[..., :-1], mask, self.start, len(self.blocks) - 2)
-        return self.model.head(pool(hidden, mask))
+        return self.model.from_states(cached, self.start)
 
 
 class DepthCached(nn.Module):
@@ -199,15 +205,8 @@ class DepthCached(nn.Module):
         depth, device = self.frozen_depth(), rows.device
         rows = rows.cpu()
         if depth is None:
-            ids = self._ids[rows]
-            width = max(int((ids != self.model.pad_id).sum(dim=1).max()), 1)
-            return self.model(ids[:, :width].to(device))
-        cached = self._states(depth)[rows]
-        width = max(int(cached[..., -1].sum(dim=1).max()), 1)
-        cached = cached[:, :width].to(device)
-        mask = cached[..., -1].to(torch.long)
-        hidden = self.model.layers(cached[..., :-1], mask, depth, len(self.blocks) - 2)
-        return self.model.head(pool(hidden, mask))
+            return self.model(trim_ids(self._ids[rows], self.model.pad_id).to(device))
+        return self.model.from_states(trim_states(self._states(depth)[rows]).to(device), depth)
 
 
 @torch.no_grad()
