@@ -302,3 +302,43 @@ def test_a_report_before_any_transferring_records_has_no_source_table(tuned_stud
     proc = run_cli("report", str(copy), "--no-plots")
     assert proc.returncode == 0, proc.stderr
     assert not (copy / "report" / "transferability.md").exists()
+
+
+def test_side_by_side_pairs_two_studies_on_the_same_subsets_and_test_texts(tmp_path):
+    """A second copy of the reference study whose `full` answers every test text right: the
+    paired rows must give exactly 1 - `full`'s accuracy per size, called higher, and list every
+    untouched strategy as identical; a study on other test labels is not paired, and says why."""
+    from conftest import REPO
+    from bench.analysis import report
+
+    study = REPO / "results" / "movie_to_amazon_reference"
+    a, b = (shutil.copytree(study, tmp_path / n, ignore=shutil.ignore_patterns("report"))
+            for n in ("base", "perfect"))
+    truth = json.loads((a / "study.json").read_text())["test_labels"]
+    lines, accuracy = [], {}
+    for line in (b / "records.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["strategy"] == "full":
+            accuracy.setdefault(str(r["size"]), []).append(r["metrics"]["test_acc"])
+            r["test_predictions"], r["metrics"]["test_acc"] = truth, 1.0
+        lines.append(json.dumps(r))
+    (b / "records.jsonl").write_text("\n".join(lines) + "\n")
+
+    md = report.side_by_side([a, b])
+    paired = md[md.index("`perfect` minus `base`, paired"):]
+    rows = {(c[1], c[2]): c for c in (
+        [x.strip() for x in line.split("|")] for line in paired.splitlines()
+        if line.startswith("| ") and "strategy" not in line)}
+    for size, scores in accuracy.items():
+        row = rows[(size, "full")]
+        assert row[6] == f"{1 - np.mean(scores):+.3f}"
+        assert float(row[7].strip("[]").split(",")[0]) > 0 and row[10] == "higher"
+    assert not any(strategy == "frozen" for _, strategy in rows)  # untouched: not a row
+    assert ("Identical runs in both studies (every paired seed, the same test predictions): "
+            "`scratch`, `frozen`, `partial`, `tfidf_logreg`, `majority`.") in paired
+
+    info = json.loads((b / "study.json").read_text())
+    info["test_labels"] = ("1" if truth[0] == "0" else "0") + truth[1:]
+    (b / "study.json").write_text(json.dumps(info))
+    assert ("`perfect` minus `base`, paired: not possible, their test labels differ"
+            in report.side_by_side([a, b]))

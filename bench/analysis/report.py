@@ -866,9 +866,10 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
         labels = [str(d) for d in dirs]
     if len(set(labels)) < len(labels):
         raise BenchError("--side-by-side was given the same study twice")
-    tables, lines, order, protocols = {}, [], [], []
+    tables, lines, order, protocols, loaded = {}, [], [], [], []
     for d, label in zip(dirs, labels):
         t = load(d, metric)
+        loaded.append(t)
         order += [n for n in t.order if n not in order]
         tables[label] = t.cells
         protocols.append(" + ".join(sorted(t.df["protocol"].unique())))
@@ -888,7 +889,110 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
                                                f"({c['seeds']})")
     out.index.name = "strategy"
     return (f"{metric}, mean [{LEVEL_PCT}% CI of the mean] (seeds), side by side\n\n"
-            + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n")
+            + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n"
+            + "".join(paired_across(loaded[0], t, a, b)
+                      for t, a, b in zip(loaded[1:], labels[1:], [labels[0]] * len(labels))))
+
+
+def unpaired_reason(a: Path, b: Path) -> str | None:
+    """Why two studies' runs of one seed cannot be paired, or None when they can: a seed draws
+    the same training subset only from the same target data, splits and split seed, and the
+    per-example scores line up only on the same test texts."""
+    sa, sb = read_study(a), read_study(b)
+    ca, cb = (s.get("config", {}).get("data", {}) for s in (sa, sb))
+    if ca.get("target") != cb.get("target"):
+        return "their target data or splits differ"
+    if ca.get("split_seed") != cb.get("split_seed"):
+        return "their split seeds differ"
+    if not sa.get("test_labels") or sa.get("test_labels") != sb.get("test_labels"):
+        return "their test labels differ (or were not kept)"
+    return None
+
+
+def paired_across(base: StudyTables, other: StudyTables, other_label: str,
+                  base_label: str) -> str:
+    """``other`` minus ``base`` per strategy both ran and per size, paired over the seeds both
+    ran (the same training subsets) and the same test texts, and the best mean of each per size
+    against each other: the test the side-by-side's intervals alone cannot give."""
+    head = f"\n`{other_label}` minus `{base_label}`, paired"
+    reason = unpaired_reason(base.study_dir, other.study_dir)
+    if reason:
+        return f"{head}: not possible, {reason}.\n"
+    rows, identical = [], []
+    strategies = [s for s in other.order if s in base.order]
+    sizes = sorted(set(base.df["size"]) & set(other.df["size"]), key=size_order)
+    for strategy in strategies:
+        same = True
+        for size in sizes:
+            a = other.df[(other.df["strategy"] == strategy) & (other.df["size"] == size)]
+            b = base.df[(base.df["strategy"] == strategy) & (base.df["size"] == size)]
+            if a.empty or b.empty:
+                continue
+            if _same_runs(a, b):
+                continue
+            same = False
+            rows += _paired_row(size, strategy, strategy, a, b)
+        if same:
+            identical.append(strategy)
+    best = []
+    for size in sizes:
+        picks = []
+        for t in (other, base):
+            cells = t.cells[(t.cells["size"] == size) & (t.cells["strategy"] != MAJORITY)]
+            picks.append(None if cells.empty else cells.loc[cells["mean"].idxmax(), "strategy"])
+        if None in picks:
+            continue
+        a = other.df[(other.df["strategy"] == picks[0]) & (other.df["size"] == size)]
+        b = base.df[(base.df["strategy"] == picks[1]) & (base.df["size"] == size)]
+        best += _paired_row(size, picks[0], picks[1], a, b)
+    out = head + " (the same training subsets per seed, the same test texts)\n\n"
+    for title, table in (("Each strategy both studies ran", rows),
+                         ("The best mean of each per size (not the majority floor)", best)):
+        if not table:
+            continue
+        frame_ = pd.DataFrame(table)
+        frame_ = frame_.iloc[sorted(range(len(frame_)), key=lambda i: size_order(frame_["size"][i]))]
+        raw = frame_.pop("_p").tolist()
+        holm = stats.holm(raw)
+        frame_["p"], frame_["p (Holm)"] = [_fmt_p(p) for p in raw], [_fmt_p(p) for p in holm]
+        frame_["verdict"] = ["too few seeds" if math.isnan(p) else
+                             ("higher" if d > 0 else "lower") if p < ALPHA else
+                             "no significant difference" for p, d in zip(holm, frame_.pop("_mean"))]
+        frame_ = frame_.rename(columns={"a": other_label, "b": base_label})
+        out += f"{title}:\n\n" + frame_.to_markdown(index=False, disable_numparse=True) + "\n\n"
+    if identical:
+        out += ("Identical runs in both studies (every paired seed, the same test predictions): "
+                + ", ".join(f"`{s}`" for s in identical) + ".\n\n")
+    return out + (f"One paired analysis per row (seeds x test examples, as gains.md): its CI "
+                  f"excludes 0 exactly when p < {ALPHA}; p (Holm) and the verdict correct for "
+                  f"the comparisons in the row's table, alpha {ALPHA}. The best-against-best rows pick each "
+                  "study's best on these same test scores (a winner's-curse bias in each mean, "
+                  "of either sign in their difference); the per-strategy rows are free of it.\n")
+
+
+def _same_runs(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two cells hold the same runs: the same seeds and, seed by seed, the same score
+    and per-example scores (a baseline that does not depend on the backbone, say)."""
+    ma, xa = per_seed(a)
+    mb, xb = per_seed(b)
+    if list(ma.index) != list(mb.index) or not np.allclose(ma.to_numpy(), mb.to_numpy()):
+        return False
+    return xa is None or xb is None or bool(np.array_equal(xa, xb))
+
+
+def _paired_row(size: str, name_a: str, name_b: str, a: pd.DataFrame,
+                b: pd.DataFrame) -> list[dict[str, Any]]:
+    """One table row ([] when the two share no seed)."""
+    est = paired(a, b)
+    if est is None:
+        return []
+    strategy = name_a if name_a == name_b else f"{name_a} - {name_b}"
+    mean_a, mean_b = (g.groupby("seed")["score"].mean() for g in (a, b))
+    seeds = sorted(set(mean_a.index) & set(mean_b.index))
+    return [{"size": size, "strategy": strategy, "seeds": len(seeds),
+             "a": f"{mean_a.loc[seeds].mean():.3f}", "b": f"{mean_b.loc[seeds].mean():.3f}",
+             "difference": f"{est.mean:+.3f}", "95% CI": ci_text(est.low, est.high, signed=True),
+             "_p": est.p, "_mean": est.mean}]
 
 
 def report_dir(study_dir: Path, metric: str = DEFAULT_METRIC) -> Path:
