@@ -399,16 +399,17 @@ def gains_table(df: pd.DataFrame, order: list[str], reference: str = REFERENCE) 
     if gains.empty:
         return gains
     gains["p_holm"] = stats.holm(gains["p"].tolist())
-
-    def verdict(r: pd.Series) -> str:
-        if math.isnan(r["p_holm"]):
-            return "too few seeds"
-        if r["p_holm"] < ALPHA:
-            return "better" if r["gain"] > 0 else "worse"
-        return "no significant difference"
-
-    gains["verdict"] = gains.apply(verdict, axis=1)
+    gains["verdict"] = [verdict(p, g) for p, g in zip(gains["p_holm"], gains["gain"])]
     return gains
+
+
+def verdict(p_holm: float, difference: float, words: tuple[str, str] = ("better", "worse")) -> str:
+    """A paired comparison's verdict at ``ALPHA`` after Holm's correction."""
+    if math.isnan(p_holm):
+        return "too few seeds"
+    if p_holm < ALPHA:
+        return words[0] if difference > 0 else words[1]
+    return "no significant difference"
 
 
 def negative_transfer(df: pd.DataFrame, order: list[str]) -> dict[tuple[str, str], pd.Series]:
@@ -506,9 +507,8 @@ def tuning_gain_table(df: pd.DataFrame, defaults: pd.DataFrame, order: list[str]
     if out.empty:
         return out
     out["p_holm"] = stats.holm(out["p"].tolist())
-    out["verdict"] = ["too few seeds" if math.isnan(p) else
-                      ("tuning helped" if g > 0 else "tuning hurt") if p < ALPHA else
-                      "no significant difference" for p, g in zip(out["p_holm"], out["gain"])]
+    out["verdict"] = [verdict(p, g, ("tuning helped", "tuning hurt"))
+                      for p, g in zip(out["p_holm"], out["gain"])]
     return out
 
 
@@ -890,8 +890,8 @@ def side_by_side(study_dirs: Iterable[Path], metric: str = "test_acc") -> str:
     out.index.name = "strategy"
     return (f"{metric}, mean [{LEVEL_PCT}% CI of the mean] (seeds), side by side\n\n"
             + "\n".join(lines) + "\n\n" + out.to_markdown(disable_numparse=True) + "\n"
-            + "".join(paired_across(loaded[0], t, a, b)
-                      for t, a, b in zip(loaded[1:], labels[1:], [labels[0]] * len(labels))))
+            + "".join(paired_across(loaded[0], t, label, labels[0])
+                      for t, label in zip(loaded[1:], labels[1:])))
 
 
 def unpaired_reason(a: Path, b: Path) -> str | None:
@@ -955,9 +955,8 @@ def paired_across(base: StudyTables, other: StudyTables, other_label: str,
         raw = frame_.pop("_p").tolist()
         holm = stats.holm(raw)
         frame_["p"], frame_["p (Holm)"] = [_fmt_p(p) for p in raw], [_fmt_p(p) for p in holm]
-        frame_["verdict"] = ["too few seeds" if math.isnan(p) else
-                             ("higher" if d > 0 else "lower") if p < ALPHA else
-                             "no significant difference" for p, d in zip(holm, frame_.pop("_mean"))]
+        frame_["verdict"] = [verdict(p, d, ("higher", "lower"))
+                             for p, d in zip(holm, frame_.pop("_mean"))]
         frame_ = frame_.rename(columns={"a": other_label, "b": base_label})
         out += f"{title}:\n\n" + frame_.to_markdown(index=False, disable_numparse=True) + "\n\n"
     if identical:
