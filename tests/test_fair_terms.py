@@ -182,6 +182,12 @@ def test_tuning_starts_at_the_default_and_the_report_shows_what_it_bought(small_
     mean = sum(t["metrics"]["test_acc"] for t in tuned if t["strategy"] == "frozen") / 3 - \
         sum(d["metrics"]["test_acc"] for d in defaults) / 3
     assert gains.loc[0, "gain"] == pytest.approx(mean, abs=1e-6)
+    searches = [optuna.load_study(study_name=n, storage=storage).trials for n in names]
+    searched = (sum(map(len, searches)),  # the search behind it, as Optuna holds it
+                sum(t.state == optuna.trial.TrialState.PRUNED for s in searches for t in s))
+    assert searched[0] == 9
+    assert f"| {searched[0]} ({searched[1]}) " in table
+    assert (gains.loc[0, "trials"], gains.loc[0, "pruned"]) == searched
 
 
 def test_the_baseline_is_tuned_on_its_whole_grid_and_shared_across_backbones(

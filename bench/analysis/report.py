@@ -502,7 +502,10 @@ def tuning_gain_table(df: pd.DataFrame, defaults: pd.DataFrame, order: list[str]
             rows.append({"strategy": strategy, "size": size, "pairs": est.seeds,
                          "tuned": float(a["score"].mean()), "default": float(b["score"].mean()),
                          "gain": est.mean, "ci_low": est.low, "ci_high": est.high, "p": est.p,
-                         "default_kept": kept})
+                         "default_kept": kept,
+                         # how much searching there was to buy anything with
+                         "trials": int(a["trials"].fillna(0).sum()),
+                         "pruned": int(a["pruned"].fillna(0).sum())})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
@@ -534,6 +537,7 @@ def tuning_gain_files(study_dir: Path, df: pd.DataFrame, order: list[str], name:
         "95% CI": [ci_text(lo, hi, signed=True) for lo, hi in zip(table["ci_low"], table["ci_high"])],
         "p (Holm)": table["p_holm"].map(_fmt_p),
         "default kept": [f"{k}/{n}" for k, n in zip(table["default_kept"], table["pairs"])],
+        "trials (pruned)": [f"{t} ({p})" for t, p in zip(table["trials"], table["pruned"])],
         "verdict": table["verdict"]})
     return {
         "tuning_gain.md": (
@@ -543,6 +547,10 @@ def tuning_gain_files(study_dir: Path, df: pd.DataFrame, order: list[str], name:
             + "\n\nEvery tuning started at the strategy's default setting (its first trial), so "
             "the tuned setting is never worse on the selection score; on test it can be. "
             "'default kept': replicates whose tuning chose the default itself (the same fit). "
+            "'trials (pruned)': trials over these replicates, the default's included, and how "
+            "many of them the pruner stopped on the first fold's early rounds before their other "
+            "folds ran; where most were pruned few settings were tried to the end, and a "
+            "difference not found is what this search bought, not what tuning could. "
             "Paired as gains.md (seeds x test examples); Holm over this table's rows, "
             f"alpha {ALPHA}.\n"),
         "tuning_gain.csv": table.round(6).to_csv(index=False, lineterminator="\n"),
