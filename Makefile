@@ -41,7 +41,7 @@ strategies: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_strategies $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_strategies --against full
 
-## minilm: run or resume the committed MiniLM study (10 strategies, 50/200/1,000 labels, 5 seeds; about 11 h of compute so far on a 2-core CPU, run it alone)
+## minilm: run or resume the committed MiniLM study (10 strategies, 50/200/1,000 labels, 5 seeds; about 14 h of compute on a 2-core CPU, run it alone)
 minilm: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_minilm
