@@ -33,7 +33,7 @@ GRID_KEYS = ("strategy", "data.sizes", "seeds", "source.seeds", "hpo.replicates"
              "trainer.accelerator", "trainer.devices",
              "trainer.deterministic", "paths", "progress", "plots", "hpo.storage", "hpo.worker_id",
              "hpo.worker_count", "hpo.heartbeat_interval", "hpo.grace_period", "hpo.max_retry")
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "qmc")
 
 
 def config_dir() -> Path:
@@ -180,6 +180,11 @@ def check(cfg: DictConfig) -> None:
                              "source.seeds=[0,1,2], or null for the one model of source.seed")
         _distinct_seeds(list(many), "source.seeds")
     schedule_mod.check(schedule_spec(cfg))
+    for key in ("train.lengths", "train.probe_lengths"):
+        check_lengths(OmegaConf.select(cfg, key, default=None), key)
+    for strategy in selected_strategies(cfg).values():
+        for key in ("lengths", "probe_lengths"):
+            check_lengths((strategy.get("train") or {}).get(key), f"strategy train.{key}")
     check_device(cfg)
     check_logger(cfg)
     workers = OmegaConf.select(cfg, "workers", default=1)
@@ -203,6 +208,31 @@ def check(cfg: DictConfig) -> None:
     if not OmegaConf.is_list(names) and not isinstance(names, list):
         raise BenchError(f"transferability={names!r}; give a list of estimators or []")
     check_names(list(names))
+
+
+def check_lengths(value: Any, where: str) -> None:
+    """Candidate training lengths: optimizer steps, positive and increasing."""
+    if value is None:
+        return
+    values = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                             for v in values):
+        raise BenchError(f"{where}={value!r}; give a list of optimizer steps > 0, e.g. "
+                         "[32,64,128,256]")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise BenchError(f"{where}={values}; the candidate lengths must increase")
+
+
+def check_schedule_length(cfg: DictConfig) -> None:
+    """A new study whose LR decays must say which lengths to choose among: a decaying
+    schedule laid over a nominal cap that early stopping cuts short never anneals."""
+    if schedule_mod.is_constant(schedule_spec(cfg)):
+        return
+    if OmegaConf.select(cfg, "protocol.name", default="budget") == "fixed_val":
+        return
+    if OmegaConf.select(cfg, "train.lengths", default=None) is None:
+        raise BenchError("train.schedule decays, but train.lengths is not set: give the "
+                         "candidate lengths in optimizer steps, e.g. train.lengths=[32,64,128,256]")
 
 
 def check_device(cfg: DictConfig) -> None:
@@ -333,9 +363,14 @@ def check_hpo(cfg: DictConfig) -> None:
     sampler = OmegaConf.select(cfg, "hpo.sampler", default="tpe")
     if sampler not in SAMPLERS:
         raise BenchError(f"hpo.sampler={sampler!r}; use one of {', '.join(SAMPLERS)}")
+    from bench.search_space import startup_trials
+
+    startup_trials(OmegaConf.select(cfg, "hpo.startup_trials", default=None), n)
     if n == 0 and hpo.mode == "grid":
         return
-    spaces = {"hpo.space": OmegaConf.to_container(hpo.space, resolve=True)}
+    from bench.search_space import entries
+
+    spaces = {"hpo.space": entries(OmegaConf.to_container(hpo.space, resolve=True))}
     for strategy in strategies(cfg):
         if strategy.space:
             spaces[f"strategy.{strategy.name}.space"] = dict(strategy.space)
@@ -375,9 +410,20 @@ def study_identity(cfg: DictConfig) -> dict[str, Any]:
     # Likewise one source, the only kind of study before data.sources existed.
     if plain.get("data", {}).get("sources", 0) is None:
         plain["data"].pop("sources")
-    # Likewise TPE, the only sampler before hpo.sampler existed.
+    # Likewise TPE, the only sampler before hpo.sampler existed, with Optuna's start-up.
     if plain.get("hpo", {}).get("sampler") == "tpe":
         plain["hpo"].pop("sampler")
+    space = plain.get("hpo", {}).get("space")
+    if isinstance(space, dict):  # entries set to null are not searched
+        plain["hpo"]["space"] = {k: v for k, v in space.items() if v is not None}
+    if plain.get("model", {}).get("no_decay", 0) is None:  # decay on every weight, as before
+        plain["model"].pop("no_decay")
+    if plain.get("hpo", {}).get("startup_trials", 0) is None:
+        plain["hpo"].pop("startup_trials")
+    # Likewise a fit counted in rounds (no train.lengths, no probe_lengths).
+    for key in ("lengths", "probe_lengths"):
+        if plain.get("train", {}).get(key, 0) is None:
+            plain["train"].pop(key)
     # The baseline's fixed C grid is the baseline's own definition, in its cells' identity
     # (cell_hash, via strategy_definitions) like a strategy's: a grid never touches the neural
     # cells, so studies whose baseline rows were re-recorded on a grid keep their identity.
@@ -411,7 +457,10 @@ def strategy_definitions(cfg: DictConfig) -> dict[str, Any]:
     keeps the identity of the studies that ran it before it said so."""
     selected = selected_strategies(cfg)
     train = OmegaConf.to_container(cfg.train, resolve=True)
-    space = OmegaConf.to_container(cfg.hpo.space, resolve=True) if "space" in cfg.hpo else {}
+    from bench.search_space import entries
+
+    space = entries(OmegaConf.to_container(cfg.hpo.space, resolve=True)) if "space" in cfg.hpo \
+        else {}
     untuned = not OmegaConf.select(cfg, "hpo.n_trials", default=0)  # no space is searched
     out = {}
     for name, spec in selected.items():

@@ -53,16 +53,33 @@ class BucketBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int,
-                 pool_batches: int = 50, passes: int = 1) -> None:
+                 pool_batches: int = 50, passes: int = 1, per_epoch: int | None = None) -> None:
         self.lengths, self.batch_size, self.passes = lengths, batch_size, passes
         self.pool = batch_size * pool_batches
         self.generator = torch.Generator().manual_seed(seed)
+        # ``per_epoch``: each epoch is the next that many batches of one endless stream of
+        # shuffled passes (a fit counted in optimizer steps, cut into equal rounds): a round
+        # may end mid-pass, and the next one goes on where it stopped.
+        self.per_epoch = per_epoch
+        self._stream: Iterator[list[int]] | None = None
 
     def __len__(self) -> int:
+        if self.per_epoch is not None:
+            return self.per_epoch
         return self.passes * -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
+        if self.per_epoch is not None:
+            if self._stream is None:
+                self._stream = self._endless()
+            for _ in range(self.per_epoch):
+                yield next(self._stream)
+            return
         for _ in range(self.passes):  # a round of several shuffled passes (small training sets)
+            yield from self._one_pass()
+
+    def _endless(self) -> Iterator[list[int]]:
+        while True:
             yield from self._one_pass()
 
     def _one_pass(self) -> Iterator[list[int]]:
@@ -94,9 +111,21 @@ def passes_per_round(n_train: int, batch_size: int, max_rounds: int, min_steps: 
     return max(1, -(-min_steps // (steps * max_rounds)))
 
 
+def batches_per_pass(n_train: int, batch_size: int) -> int:
+    return -(-n_train // batch_size)
+
+
+def steps_at(length: int, n_train: int, n_full: int, batch_size: int) -> int:
+    """Optimizer steps of a fit on ``n_train`` texts that makes as many passes over them as
+    ``length`` steps make over ``n_full``: a fold's fit of a candidate length trains the
+    same number of epochs as the final fit on all n labels will (at least one step)."""
+    ratio = batches_per_pass(n_train, batch_size) / batches_per_pass(n_full, batch_size)
+    return max(1, int(round(length * ratio)))
+
+
 def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
            seed: int = 0, passes: int = 1, pad_id: int = 0,
-           lengths: torch.Tensor | None = None) -> DataLoader:
+           lengths: torch.Tensor | None = None, per_epoch: int | None = None) -> DataLoader:
     """Whole batches are indexed out of the tensors at once: no per-example Python work.
 
     Training batches are length-bucketed, ``passes`` shuffled passes per epoch (a *round*, see
@@ -104,7 +133,8 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     does not change a metric, and the padding all but disappears). Float rows (cached frozen
     features, or per-token states of a frozen prefix) and bare row numbers (a model that looks
     its rows up itself) are batched by their texts' ``lengths``, so they meet the same
-    neighbours.
+    neighbours. ``per_epoch``: training epochs of exactly that many batches, cut from one
+    endless shuffled stream (see :class:`BucketBatchSampler`).
     """
     dataset = TensorDataset(ids, labels)
     rows = ids.dim() == 1  # row numbers of a model that looks its rows up itself
@@ -114,7 +144,8 @@ def loader(ids: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bo
     if lengths is None:
         lengths = torch.ones(len(ids), dtype=torch.long) if features else (ids != pad_id).sum(1)
     if shuffle:
-        sampler: Any = BucketBatchSampler(lengths, batch_size, seed, passes=passes)
+        sampler: Any = BucketBatchSampler(lengths, batch_size, seed, passes=passes,
+                                           per_epoch=per_epoch)
     else:
         by_length = torch.argsort(lengths, stable=True).tolist()
         sampler = BatchSampler(by_length, batch_size, False)

@@ -28,9 +28,10 @@ class Task:
         return len(self.data.classes)
 
     def loader(self, index: np.ndarray, batch_size: int, shuffle: bool = False,
-               seed: int = 0, passes: int = 1) -> DataLoader:
+               seed: int = 0, passes: int = 1, per_epoch: int | None = None) -> DataLoader:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed, passes, self.pad_id)
+        return loader(self.ids[idx], self.labels[idx], batch_size, shuffle, seed, passes,
+                      self.pad_id, per_epoch=per_epoch)
 
 
 def split(data: LabelledTexts, cfg: Mapping[str, Any], split_seed: int) -> Splits:

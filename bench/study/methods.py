@@ -27,11 +27,12 @@ from sklearn.metrics import f1_score
 from bench.training import baseline
 from bench import config as config_mod
 from bench.data.splits import training_subset
+from bench.data.batching import steps_at
 from bench.training.fit import EVAL_BATCH, TextClassifier, fit_and_test, loader, passes_per_round
 from bench.models.transformer import (DepthCached, PrefixCached, Probe, folder_config,
                                       frozen_features, prefix_states)
 from bench.study.prepare import Prepared, trainer_kwargs
-from bench.training.schedule import is_constant
+from bench.training.schedule import is_constant, warmup_steps
 from bench.training.strategies import L2SP, FreezeBlocks, Strategy, build_model, freeze_callback
 
 
@@ -72,6 +73,9 @@ class Fit:
     steps: int | None = None       # optimizer steps, all phases (neural fits)
     trainable: int | None = None   # weights that trained
     memory: dict[str, Any] | None = None  # peak over all phases (hardware.PeakMemory.record)
+    # per phase, where its LR schedule went: {steps, warmup_steps, lr_end_frac}
+    schedule: list[dict[str, Any]] | None = None
+    state: dict[str, torch.Tensor] | None = None  # LP-FT's probe stage alone: its weights
 
 
 def _peak_of(first: dict[str, Any] | None, last: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -94,6 +98,9 @@ class Selection:
     epochs: int = 0
     seconds: float = 0.0
     grown: dict[str, Any] = field(default_factory=dict)  # config paths the selection lengthened
+    # train.lengths: per phase, each candidate length's mean held-out accuracy (and loss)
+    profile: list[dict[str, list[float]]] | None = None
+    steps: int = 0                    # optimizer steps the selection ran, all fits
 
 
 def majority_rate(labels: np.ndarray) -> float:
@@ -114,9 +121,11 @@ class _Method:
         return training_subset(target.data.labels, target.splits.pool, n, seed)
 
     def select(self, params: dict[str, Any], n: int, seed: int,
-               first_callbacks: Sequence[Any] = ()) -> Selection:
+               first_callbacks: Sequence[Any] = (), on_fold: Any = None) -> Selection:
         """Score ``params`` on the protocol's selection splits; ``first_callbacks`` (the
-        pruner's) watch the first split only, so every trial is judged on the same data."""
+        pruner's) watch the first split only, so every trial is judged on the same data.
+        ``on_fold(i, score)``: told each split's score as it finishes (a pruner that judges
+        on the folds so far); methods that choose no length ignore it."""
         target = self.prep.target
         splits = self.prep.protocol.selection_splits(target.data.labels, self.subset(n, seed),
                                                      target.splits.val, seed)
@@ -193,7 +202,10 @@ class NeuralMethod(_Method):
             prep.sources[source_name].models
         self.source = None if not network else (
             next(iter(models.values()), None) if source_seed is None else models[source_seed])
-        self.space = {**(OmegaConf.to_container(cfg.hpo.space) if "space" in cfg.hpo else {}),
+        from bench.search_space import entries
+
+        self.space = {**(entries(OmegaConf.to_container(cfg.hpo.space)) if "space" in cfg.hpo
+                         else {}),
                       **dict(strategy.space)}  # a strategy may tune its own keys too
         self.defaults = strategy.defaults
         self.prunes = True
@@ -209,16 +221,94 @@ class NeuralMethod(_Method):
                               and _round_cache_bytes(prep) <= _memory_bytes() / 8)
         self._prefix: dict[int, torch.Tensor] = {}
 
+    def counts_steps(self, cell: DictConfig) -> bool:
+        """A decaying schedule with ``train.lengths``: each fit runs exactly one candidate
+        length, its schedule laid over that length (configs recorded before the key decay
+        over the nominal rounds instead, and reproduce as they ran)."""
+        return (not is_constant(config_mod.schedule_spec(cell))
+                and OmegaConf.select(cell, "train.lengths", default=None) is not None)
+
+    def ladders(self, cell: DictConfig) -> list[list[int]]:
+        """The candidate lengths per phase, in optimizer steps of a fit on all n labels:
+        ``train.lengths``; LP-FT's probe stage first, on ``train.probe_lengths`` (a probe's
+        budget: a softmax layer on fixed features needs many cheap steps)."""
+        ladder = [int(v) for v in cell.train.lengths]
+        if self.strategy.lp_ft:
+            probe = OmegaConf.select(cell, "train.probe_lengths", default=None) or ladder
+            return [[int(v) for v in probe], ladder]
+        return [ladder]
+
+    def final(self, params: dict[str, Any], n: int, seed: int,
+              rounds: list[int] | None = None, log_as: str | None = None) -> Fit:
+        cell = with_params(self.cfg, {**self.defaults, **params})
+        if not self.counts_steps(cell) or self.prep.protocol.final_validation(
+                self.prep.target.splits.val) is not None:
+            return super().final(params, n, seed, rounds, log_as)
+        if not rounds:
+            raise ValueError("a fit counted in steps needs its chosen lengths")
+        return self._fit_steps(cell, self.subset(n, seed), None, seed, True, list(rounds), n,
+                               log_as=log_as)
+
     def select(self, params: dict[str, Any], n: int, seed: int,
-               first_callbacks: Sequence[Any] = ()) -> Selection:
-        """As every method's, plus room under a decaying LR schedule. There a fit cannot run
+               first_callbacks: Sequence[Any] = (), on_fold: Any = None) -> Selection:
+        cell = with_params(self.cfg, {**self.defaults, **params})
+        if self.counts_steps(cell) and not self.prep.protocol.uses_validation_split:
+            return self._select_length(cell, n, seed, on_fold)
+        return self._select_rounds(params, n, seed, first_callbacks)
+
+    def _select_length(self, cell: DictConfig, n: int, seed: int, on_fold: Any) -> Selection:
+        """Every candidate length on every split, each fit decaying over its own length; the
+        length with the best mean held-out accuracy wins (ties: the lower mean held-out
+        loss). LP-FT chooses its probe stage's length first, then fine-tunes every split
+        from that split's probe. ``at_cap``: the longest candidate won (the ladder may be
+        too short)."""
+        target = self.prep.target
+        splits = self.prep.protocol.selection_splits(target.data.labels, self.subset(n, seed),
+                                                     target.splits.val, seed)
+        ladders = self.ladders(cell)
+        chosen: list[int] = []
+        probes: list[Any] = [None] * len(splits)
+        profile, epochs, steps, seconds = [], 0, 0, 0.0
+        for phase, ladder in enumerate(ladders):
+            last = phase == len(ladders) - 1
+            acc = np.zeros((len(splits), len(ladder)))
+            loss = np.zeros_like(acc)
+            states: dict[tuple[int, int], Any] = {}
+            for i, (train, held) in enumerate(splits):
+                for j, length in enumerate(ladder):
+                    fit = self._fit_steps(cell, train, held, seed, False, [*chosen, length], n,
+                                          probe_only=not last, probe=probes[i])
+                    acc[i, j], loss[i, j] = fit.metrics["val_acc"], fit.metrics["val_loss"]
+                    epochs, steps, seconds = (epochs + (fit.epochs or 0), steps + (fit.steps or 0),
+                                              seconds + fit.seconds)
+                    if not last:
+                        states[i, j] = fit.state
+                if last and on_fold is not None:  # the split's score at its own best length
+                    on_fold(i, float(acc[i].max()))
+            mean_acc, mean_loss = acc.mean(axis=0), loss.mean(axis=0)
+            best = max(range(len(ladder)), key=lambda j: (mean_acc[j], -mean_loss[j], -j))
+            chosen.append(ladder[best])
+            profile.append({"lengths": list(ladder), "acc": [round(float(v), 6) for v in mean_acc],
+                            "loss": [round(float(v), 6) for v in mean_loss]})
+            if not last:
+                probes = [states[i, best] for i in range(len(splits))]
+        held = np.concatenate([h for _, h in splits])
+        return Selection(float(mean_acc[best]), chosen,
+                         any(c == lad[-1] and len(lad) > 1 for c, lad in zip(chosen, ladders)),
+                         majority_rate(target.data.labels[held]),
+                         [float(v) for v in acc[:, best]], epochs, seconds, profile=profile,
+                         steps=steps)
+
+    def _select_rounds(self, params: dict[str, Any], n: int, seed: int,
+                       first_callbacks: Sequence[Any] = ()) -> Selection:
+        """Configs without ``train.lengths``: as every method's, plus room under a decaying LR schedule. There a fit cannot run
         on past its cap (the LR has decayed to about 0), so a selection that ends at its cap
         still improving is run again with twice the rounds, each round as long as before
         (``train.min_steps`` doubled too) and the schedule laid over all of them, while
         ``train.max_epochs + train.extend_epochs`` (the hard limit) allows. The grown length
         becomes part of the chosen setting (``grown``), so the final fit lays its schedule
         the same way. The reruns are not reported to the pruner; their cost is counted."""
-        chosen = super().select(params, n, seed, first_callbacks)
+        chosen = _Method.select(self, params, n, seed, first_callbacks)
         cell = with_params(self.cfg, {**self.defaults, **params})
         if is_constant(config_mod.schedule_spec(cell)):
             return chosen  # fit_and_test extends a constant-LR fit itself
@@ -228,7 +318,7 @@ class NeuralMethod(_Method):
         while chosen.at_cap and 2 * rounds <= limit:
             rounds, steps = 2 * rounds, 2 * steps
             grown = {"train.max_epochs": rounds, "train.min_steps": steps}
-            chosen = super().select({**params, **grown}, n, seed)
+            chosen = _Method.select(self, {**params, **grown}, n, seed)
             epochs, seconds = epochs + chosen.epochs, seconds + chosen.seconds
         chosen.epochs, chosen.seconds, chosen.grown = epochs, seconds, grown
         return chosen
@@ -265,7 +355,8 @@ class NeuralMethod(_Method):
 
     def _loaders(self, model: torch.nn.Module, train_idx: np.ndarray, val_idx: np.ndarray | None,
                  bs: int, seed: int, passes: int, test: bool,
-                 frozen_layers: int = 0, rows: bool = False) -> tuple[torch.nn.Module, Any, Any, Any]:
+                 frozen_layers: int = 0, rows: bool = False,
+                 per_epoch: int | None = None) -> tuple[torch.nn.Module, Any, Any, Any]:
         """(model, train, validation, test loaders): over token ids, over cached features
         with the head alone as the model, over a frozen prefix's cached states with the
         layers above it as the model, or (``rows``: gradual unfreezing) over target rows that
@@ -273,15 +364,15 @@ class NeuralMethod(_Method):
         target = self.prep.target
         if self.caches or frozen_layers or rows:
             return self._feature_loaders(model, train_idx, val_idx, bs, seed, passes, test,
-                                         frozen_layers, rows)
-        return (model, target.loader(train_idx, bs, True, seed, passes),
+                                         frozen_layers, rows, per_epoch)
+        return (model, target.loader(train_idx, bs, True, seed, passes, per_epoch),
                 None if val_idx is None else target.loader(val_idx, EVAL_BATCH),
                 target.loader(target.splits.test, EVAL_BATCH) if test else None)
 
     def _feature_loaders(self, model: torch.nn.Module, train_idx: np.ndarray,
                          val_idx: np.ndarray | None, bs: int, seed: int, passes: int,
-                         test: bool, frozen_layers: int = 0,
-                         rows: bool = False) -> tuple[torch.nn.Module, Any, Any, Any]:
+                         test: bool, frozen_layers: int = 0, rows: bool = False,
+                         per_epoch: int | None = None) -> tuple[torch.nn.Module, Any, Any, Any]:
         target = self.prep.target
         x = (torch.arange(len(target.ids)) if rows else
              self.prefix(frozen_layers) if frozen_layers else self.features())
@@ -292,7 +383,7 @@ class NeuralMethod(_Method):
             # batched by the texts' lengths: the very batches the live model would see
             idx = torch.as_tensor(index, dtype=torch.long)
             return loader(x[idx], y[idx], size, shuffle, seed, passes if shuffle else 1,
-                          lengths=lengths[idx])
+                          lengths=lengths[idx], per_epoch=per_epoch if shuffle else None)
 
         net = (DepthCached(model, target.ids, self._prefix_mid_fit) if rows else
                PrefixCached(model, frozen_layers) if frozen_layers else Probe(model.head))
@@ -367,6 +458,88 @@ class NeuralMethod(_Method):
                    result.seconds, result.diverged, chosen, result.at_cap,
                    result.test_predictions, steps + result.steps, result.trainable,
                    _peak_of(first.memory if first else None, result.memory))
+
+    def _fit_steps(self, cell: DictConfig, train_idx: np.ndarray, val_idx: np.ndarray | None,
+                   seed: int, test: bool, lengths: list[int], n_full: int,
+                   probe_only: bool = False, probe: dict[str, torch.Tensor] | None = None,
+                   log_as: str | None = None) -> Fit:
+        """A fit counted in optimizer steps: ``lengths`` (one per phase, in steps of a fit on
+        ``n_full`` texts) become this fit's own steps at the same number of passes; each
+        phase's schedule spans exactly its steps, warm-up included. LP-FT: ``probe_only``
+        stops after the probe stage (its weights in ``state``); ``probe`` starts the
+        fine-tuning stage from such weights instead of training the probe again."""
+        prep, target = self.prep, self.prep.target
+        strategy = Strategy.from_config(
+            self.strategy.name,
+            OmegaConf.to_container(cell.strategy[self.strategy.name], resolve=True) or {},
+            prep.backbone.blocks)
+        frozen_layers = strategy.frozen_layers(prep.backbone.blocks) if self.caches_prefix else 0
+        if self.caches or self.caches_probe_stage:  # before seeding, as in _fit
+            self.features()
+        if frozen_layers:
+            self.prefix(frozen_layers)
+        L.seed_everything(seed, workers=True, verbose=False)
+        model = self._build(strategy, cell)
+        lr, bs = float(cell.train.lr), int(cell.train.batch_size)
+        decay, rounds_cap = float(cell.train.weight_decay), int(cell.train.max_epochs)
+        schedule = config_mod.schedule_spec(cell)
+        optimizer = str(cell.model.get("optimizer", "adam"))
+        no_decay = tuple(OmegaConf.select(cell, "model.no_decay", default=None) or ())
+        penalty = (L2SP(model, strategy.l2sp["alpha"], strategy.l2sp["beta"])
+                   if strategy.l2sp else None)
+        rows = self.caches_rounds and strategy.unfreezes_from_pretrained
+        run = dict(trainer_cfg=trainer_kwargs(cell), patience=1)
+        phases: list[dict[str, Any]] = []
+
+        def shape(length: int) -> tuple[int, int, int]:
+            steps = steps_at(length, len(train_idx), n_full, bs)
+            rounds = min(rounds_cap, steps)
+            return steps, rounds, -(-steps // rounds)
+
+        def trace(module: TextClassifier, steps: int) -> dict[str, Any]:
+            return {"steps": steps, "warmup_steps": warmup_steps(schedule, steps),
+                    "lr_end_frac": module.lr_end_frac}
+
+        steps_before, epochs_before, first = 0, 0, None
+        if strategy.lp_ft:  # phase 1, linear probing: the head alone
+            steps, rounds, per = shape(lengths[0])
+            if self.caches_probe_stage:
+                stage = list(self._feature_loaders(model, train_idx, val_idx, bs, seed, 1,
+                                                   False, per_epoch=per)[:3])
+            else:
+                stage = list(self._loaders(model, train_idx, val_idx, bs, seed, 1, False,
+                                           per_epoch=per)[:3])
+            head_only = FreezeBlocks([b for b in stage[0].blocks if b != "head"])
+            if probe is None:
+                module = TextClassifier(stage[0], target.num_classes, lr, decay, strategy,
+                                        penalty, schedule, optimizer, no_decay=no_decay)
+                first = fit_and_test(module, stage[1], stage[2] if probe_only else None, None,
+                                     callbacks=[head_only], max_epochs=rounds, steps=steps, **run)
+                phases.append(trace(module, steps))
+                if probe_only:
+                    return Fit(first.metrics, first.epochs, first.epochs, first.seconds,
+                               steps=first.steps, schedule=phases, state=first.state_dict)
+                stage[0].load_state_dict(first.state_dict)
+                steps_before, epochs_before = first.steps, first.epochs
+            else:
+                stage[0].load_state_dict(probe)  # this split's probe, trained once
+            lr = lr * float(strategy.lp_ft["ft_lr_mult"])
+            lengths = lengths[1:]
+        steps, rounds, per = shape(lengths[0])
+        model, train, val, test_loader = self._loaders(model, train_idx, val_idx, bs, seed, 1,
+                                                       test, frozen_layers, rows, per_epoch=per)
+        module = TextClassifier(model, target.num_classes, lr, decay, strategy, penalty,
+                                schedule, optimizer, no_decay=no_decay)
+        result = fit_and_test(module, train, val, test_loader,
+                              callbacks=[freeze_callback(strategy, model.blocks, lr)],
+                              logger=fit_logger(self.cfg, log_as), max_epochs=rounds,
+                              steps=steps, **run)
+        phases.append(trace(module, steps))
+        seconds = result.seconds + (first.seconds if first else 0.0)
+        return Fit(result.metrics, epochs_before + result.epochs, epochs_before + result.epochs,
+                   seconds, None, None, False, result.test_predictions,
+                   steps_before + result.steps, result.trainable,
+                   _peak_of(first.memory if first else None, result.memory), phases)
 
     def describe(self) -> dict[str, Any]:
         prep, blocks = self.prep, self.prep.backbone.blocks

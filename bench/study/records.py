@@ -41,8 +41,13 @@ def make_record(cfg: DictConfig, method: Any, size: int | str, n: int, seed: int
         **({"steps": fit.steps, "trainable": fit.trainable, "memory": fit.memory}
            if fit.steps is not None else {}),
         "rounds": hpo_info.get("rounds"), "flags": fit_flags(hpo_info, fit),
+        # a fit counted in steps: ``rounds`` holds its chosen lengths (steps per phase) and
+        # ``schedule`` where each phase's LR went (steps, warm-up steps, last LR / peak)
+        **({"length_unit": "steps", "schedule": fit.schedule}
+           if getattr(fit, "schedule", None) else {}),
         "selection": {**{k: hpo_info.get(k) for k in ("best_value", "majority", "fold_scores",
                                                        "at_cap", "seconds")},
+                      **({"profile": hpo_info["profile"]} if "profile" in hpo_info else {}),
                       **({"grid": hpo_info["grid"]} if "grid" in hpo_info else {})},
         "diverged": fit.diverged,
         "params": params, "hpo": hpo_info if hpo_info.get("n_trials") else None,

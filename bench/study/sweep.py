@@ -89,9 +89,14 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
     # Each (cell, size, replicate) gets its own sampler seed: cells must not all try the same
     # first settings (issue: identical start-up trials across strategies).
     sampler_seed = int(stable_hash([int(hpo.seed), cell, str(size), seed, *extra], 8), 16) % 2**31
+    startup = search_space.startup_trials(OmegaConf.select(cfg, "hpo.startup_trials",
+                                                           default=None), int(hpo.n_trials))
     study = tune_mod.open_study(name, storage, sampler_seed, pruner, attrs,
                                 worker_id=int(hpo.worker_id),
-                                sampler=str(OmegaConf.select(cfg, "hpo.sampler", default="tpe")))
+                                sampler=str(OmegaConf.select(cfg, "hpo.sampler", default="tpe")),
+                                startup=startup)
+    by_fold = method.prunes and str(OmegaConf.select(cfg, "hpo.pruner.name", default="none")) \
+        in search_space.FOLD_PRUNERS
 
     if start_at_default(cfg) and not study.get_trials(deepcopy=False):
         # the untuned setting first: what tuning finds is then never worse on the selection
@@ -102,9 +107,11 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
     def objective(trial: optuna.Trial) -> float:
         params = search_space.suggest(trial, method.space)
         trial.set_user_attr("params", params)
-        callbacks = [tune_mod.PruneAfterWarmup(trial, "val_acc", warmup)] if method.prunes else []
+        callbacks = [tune_mod.PruneAfterWarmup(trial, "val_acc", warmup)] \
+            if method.prunes and not by_fold else []
         try:
-            chosen = method.select(params, n, seed, first_callbacks=callbacks)
+            chosen = method.select(params, n, seed, first_callbacks=callbacks,
+                                   on_fold=tune_mod.FoldReporter(trial) if by_fold else None)
         except Diverged as exc:  # pruned, so the sampler learns to avoid the region
             trial.set_user_attr("pruned_reason", f"diverged: {exc}")
             raise optuna.TrialPruned(str(exc)) from None
@@ -186,7 +193,8 @@ def default_setting(method: Method, cfg: DictConfig) -> dict[str, Any]:
 
 def _selection_attrs(chosen: Selection) -> dict[str, Any]:
     return {"rounds": chosen.rounds, "at_cap": chosen.at_cap, "majority": chosen.majority,
-            "fold_scores": [round(v, 6) for v in chosen.fold_scores]}
+            "fold_scores": [round(v, 6) for v in chosen.fold_scores],
+            **({"profile": chosen.profile} if chosen.profile is not None else {})}
 
 
 def replicate_path(method: Method, size: int | str, seed: int, tuning: int = 0) -> str:
@@ -255,6 +263,7 @@ def run_study(cfg: DictConfig, console: Console | None = None,
     started = manifest_mod.now()
     quiet_lightning()
     config_mod.check(cfg)
+    config_mod.check_schedule_length(cfg)
     strategies = config_mod.strategies(cfg)
     sizes = config_mod.sizes(cfg)
     out = Path(cfg.paths.results) / str(cfg.study)

@@ -90,7 +90,8 @@ def _open_rdb(url: str, hpo: Mapping[str, Any], attempts: int = 3) -> RDBStorage
 
 def open_study(name: str, storage: RDBStorage, seed: int, pruner: optuna.pruners.BasePruner,
                attrs: Mapping[str, Any], directions: list[str] | None = None,
-               worker_id: int = 0, sampler: str = "tpe") -> optuna.Study:
+               worker_id: int = 0, sampler: str = "tpe",
+               startup: int | None = None) -> optuna.Study:
     """Create or load a study. The sampler's seed moves on with the trials already stored, so a
     resumed (or second) worker does not replay the first worker's random start."""
     existing = 0
@@ -98,7 +99,7 @@ def open_study(name: str, storage: RDBStorage, seed: int, pruner: optuna.pruners
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
     except KeyError:
         pass
-    sampler = make_sampler(sampler, seed + 7919 * worker_id + existing)
+    sampler = make_sampler(sampler, seed + 7919 * worker_id + existing, startup)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                 load_if_exists=True,
                                 directions=directions or ["maximize"])
@@ -186,3 +187,17 @@ class PruneAfterWarmup(PyTorchLightningPruningCallback):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.current_epoch >= self.first_epoch:
             super().on_validation_end(trainer, pl_module)
+
+
+class FoldReporter:
+    """A trial's score on each fold as it finishes, for a pruner that compares trials fold by
+    fold (``wilcoxon``): pruned only when the folds so far say the setting is worse."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def __call__(self, fold: int, score: float) -> None:
+        self.trial.report(score, fold)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"worse than the best trial on folds 1..{fold + 1} "
+                                     "(signed-rank test)")

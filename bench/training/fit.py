@@ -46,7 +46,8 @@ class TextClassifier(L.LightningModule):
                  strategy: Strategy | None = None,
                  penalty: Callable[[nn.Module], torch.Tensor] | None = None,
                  schedule: Mapping[str, Any] | None = None, optimizer: str = "adam",
-                 schedule_rounds: int | None = None) -> None:
+                 schedule_rounds: int | None = None, schedule_steps: int | None = None,
+                 no_decay: Sequence[str] = ()) -> None:
         super().__init__()
         self.model = model
         self.optimizer_name = optimizer  # adam (TextCNN) | adamw (transformers)
@@ -56,7 +57,13 @@ class TextClassifier(L.LightningModule):
         self.schedule = schedule  # train.schedule; None or constant = no scheduler
         # The schedule spans this many rounds even when the fit runs fewer: a final fit of the
         # chosen length then follows the very LR path its selection fits did up to that round.
+        # (Configs recorded before train.lengths: every fit since spans the steps it runs.)
         self.schedule_rounds = schedule_rounds
+        self.schedule_steps = schedule_steps  # the optimizer steps this fit runs, exactly
+        # parameter names (substrings) that weight decay skips: biases and LayerNorm weights,
+        # as transformers' Trainer does (decaying a LayerNorm's gain towards 0 is no prior)
+        self.no_decay = tuple(no_decay)
+        self.lr_peak = self.lr_last = 0.0  # the first group's LR: highest seen and last used
         for split in ("val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{split}_f1", MulticlassF1Score(num_classes, average="macro"))
@@ -79,6 +86,17 @@ class TextClassifier(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.train()  # after the callbacks froze their blocks (Lightning keeps module modes)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The LR this step uses (the scheduler steps after it): where a schedule ended is
+        read from the fit itself, not computed from its formula."""
+        lr = float(optimizer.param_groups[0]["lr"])
+        self.lr_peak, self.lr_last = max(self.lr_peak, lr), lr
+
+    @property
+    def lr_end_frac(self) -> float | None:
+        """The last step's LR as a fraction of the highest the fit used (1.0: constant)."""
+        return round(self.lr_last / self.lr_peak, 6) if self.lr_peak > 0 else None
 
     def on_train_end(self) -> None:
         """What the fit cost in weights: those that trained at the end (gradual unfreezing
@@ -136,7 +154,8 @@ class TextClassifier(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self) -> Any:
-        groups = param_groups(self.model, self.model.blocks, self.lr, self.strategy)
+        groups = param_groups(self.model, self.model.blocks, self.lr, self.strategy,
+                              no_decay=self.no_decay)
         # The fused kernel updates all parameters in one pass: on CPU the step is ~7x faster
         # than the per-tensor loop (the 1M-weight embedding dominates), same arithmetic.
         kind = torch.optim.AdamW if self.optimizer_name == "adamw" else torch.optim.Adam
@@ -144,7 +163,9 @@ class TextClassifier(L.LightningModule):
         if is_constant(self.schedule):
             return optimizer
         steps = int(self.trainer.estimated_stepping_batches)
-        if self.schedule_rounds:
+        if self.schedule_steps:
+            steps = self.schedule_steps
+        elif self.schedule_rounds:
             steps = self.schedule_rounds * int(self.trainer.num_training_batches)
         scheduler = make_scheduler(optimizer, self.schedule, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
@@ -219,7 +240,7 @@ class ExtendWhileImproving(Callback):
 def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | None,
                  test: DataLoader | None, trainer_cfg: Mapping[str, Any], max_epochs: int,
                  patience: int, min_epochs: int = 1, callbacks: Sequence[Callback] = (),
-                 logger: Any = False, extend: int = 0) -> FitResult:
+                 logger: Any = False, extend: int = 0, steps: int | None = None) -> FitResult:
     """Train, then evaluate.
 
     With ``val``: early stopping on validation accuracy; the best checkpoint is evaluated (or,
@@ -228,7 +249,14 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
     protocol's final fit, whose length cross-validation chose. ``extend`` > 0 (with ``val``):
     up to that many rounds past ``max_epochs`` while every round improves (at_cap then means
     the hard limit, ``max_epochs + extend``).
+
+    ``steps``: a fit of exactly that many optimizer steps (its length, chosen among candidates
+    that each decay over their own length), cut into ``max_epochs`` rounds; nothing stops it
+    early, and the last weights are scored on ``val`` (a selection fit) and ``test``.
     """
+    if steps is not None:
+        return _fit_for_steps(module, train, val, test, trainer_cfg, max_epochs, steps,
+                              callbacks, logger)
     quiet_lightning()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="transfer-bench-ckpt-") as workdir:
@@ -285,6 +313,40 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
     predictions[order] = module.test_predictions
     return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
                      _model_state(module), diverged, at_cap, predictions, **cost)
+
+
+def _fit_for_steps(module: TextClassifier, train: DataLoader, val: DataLoader | None,
+                   test: DataLoader | None, trainer_cfg: Mapping[str, Any], rounds: int,
+                   steps: int, callbacks: Sequence[Callback], logger: Any) -> FitResult:
+    quiet_lightning()
+    start = time.perf_counter()
+    module.schedule_steps = steps
+    with tempfile.TemporaryDirectory(prefix="transfer-bench-fit-") as workdir:
+        trainer = L.Trainer(max_steps=steps, max_epochs=rounds, min_epochs=1,
+                            callbacks=[StopOnDivergence(), *callbacks], logger=logger,
+                            enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False,
+                            num_sanity_val_steps=0, default_root_dir=workdir, **trainer_cfg)
+        memory = PeakMemory(trainer.strategy.root_device.type)
+        with memory:
+            trainer.fit(module, train)
+        if int(trainer.global_step) != steps:
+            raise RuntimeError(f"the fit ran {trainer.global_step} steps of {steps}: its rounds "
+                               "hold too few batches")
+        metrics: dict[str, float] = {}
+        for loader_, run in ((val, trainer.validate), (test, trainer.test)):
+            if loader_ is not None:
+                metrics.update({k: float(v) for k, v in run(module, loader_, verbose=False)[0].items()})
+    cost = {"steps": int(trainer.global_step), "trainable": int(getattr(module, "trainable", 0)),
+            "memory": memory.record()}
+    epochs = int(trainer.current_epoch)
+    predictions = None
+    if test is not None:
+        order = np.fromiter((i for batch in test.sampler for i in batch), dtype=np.int64)
+        predictions = np.empty(len(order), dtype=np.int64)
+        predictions[order] = module.test_predictions
+    return FitResult(metrics, epochs, epochs, time.perf_counter() - start, _model_state(module),
+                     None, False, predictions, **cost)
 
 
 def _model_state(module: TextClassifier) -> dict[str, torch.Tensor]:

@@ -56,6 +56,16 @@ def slanted_triangular(total_steps: int, cut_frac: float, ratio: float) -> Calla
     return factor
 
 
+def warmup_steps(spec: Mapping[str, Any] | None, total_steps: int) -> int:
+    """Steps spent rising to the peak LR: what :func:`make_scheduler` lays over the fit."""
+    if is_constant(spec):
+        return 0
+    total = max(int(total_steps), 1)
+    frac = spec["warmup_frac"] if spec["name"] == "linear_warmup" else spec["cut_frac"]
+    steps = int(total * float(frac))
+    return steps if spec["name"] == "linear_warmup" else max(steps, 1)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any],
                    total_steps: int) -> LambdaLR:
     """The scheduler a non-constant ``spec`` names."""
@@ -63,8 +73,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: Mapping[str, Any],
         from transformers import get_linear_schedule_with_warmup
 
         total = max(int(total_steps), 1)
-        return get_linear_schedule_with_warmup(optimizer, int(total * float(spec["warmup_frac"])),
-                                               total)
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps(spec, total), total)
     factor = slanted_triangular(total_steps, float(spec["cut_frac"]), float(spec["ratio"]))
     return LambdaLR(optimizer, factor)
 

@@ -84,6 +84,10 @@ class Strategy:
         for key, value in strategy.train.items():
             if key in ("lr", "weight_decay"):
                 _number(name, f"train.{key}", value, low=1e-12 if key == "lr" else 0.0)
+            elif key in ("lengths", "probe_lengths"):
+                if value is not None and not (isinstance(value, (list, tuple)) and value):
+                    raise BenchError(f"strategy {name!r}: train.{key}={value!r}; give a list "
+                                     "of optimizer steps")
             elif key in ("batch_size", "min_steps", "max_epochs", "patience", "min_epochs",
                          "extend_epochs"):
                 _number(name, f"train.{key}", value, low=0 if key == "extend_epochs" else 1,
@@ -91,7 +95,8 @@ class Strategy:
             else:
                 raise BenchError(f"strategy {name!r}: train.{key} is not a training default a "
                                  "strategy may set; use lr, weight_decay, batch_size, min_steps, "
-                                 "min_epochs, max_epochs, extend_epochs or patience")
+                                 "min_epochs, max_epochs, extend_epochs, patience, lengths or "
+                                 "probe_lengths")
         if not isinstance(strategy.bitfit, bool):
             raise BenchError(f"strategy {name!r}: bitfit={strategy.bitfit!r}; use true or false")
         if strategy.unfreeze_every and strategy.lp_ft:
@@ -238,16 +243,30 @@ class FreezeBlocks(BaseFinetuning):
                         p.requires_grad = p.requires_grad and self.keep(pname)
 
     def finetune_function(self, pl_module: Any, epoch: int, optimizer: Any) -> None:
+        no_decay = tuple(getattr(pl_module, "no_decay", ()) or ())
         for at, block, lr in self.unfreeze:
             if epoch == at:
-                self.unfreeze_and_add_param_group(pl_module.model.block(block), optimizer, lr=lr,
-                                                  initial_denom_lr=1.0, train_bn=True)
-                pl_module.model.block(block).train()  # frozen blocks ran in eval mode
-                group = optimizer.param_groups[-1]
-                group["name"] = block
-                for config in pl_module.trainer.lr_scheduler_configs:  # LR schedules include it
-                    if config.scheduler.optimizer is optimizer:
-                        follow_new_group(config.scheduler, group)
+                module = pl_module.model.block(block)
+                if not no_decay:
+                    self.unfreeze_and_add_param_group(module, optimizer, lr=lr,
+                                                      initial_denom_lr=1.0, train_bn=True)
+                    added = [optimizer.param_groups[-1]]
+                    added[0]["name"] = block
+                else:  # the block's biases and norm weights in a group of their own, no decay
+                    self.make_trainable(module)
+                    decayed, kept = split_decay(module.named_parameters(), no_decay)
+                    added = []
+                    for params, name, extra in ((decayed, block, {}),
+                                                (kept, f"{block}:no_decay", {"weight_decay": 0.0})):
+                        if params:
+                            optimizer.add_param_group({"params": params, "lr": lr, "name": name,
+                                                       **extra})
+                            added.append(optimizer.param_groups[-1])
+                module.train()  # frozen blocks ran in eval mode
+                for group in added:
+                    for config in pl_module.trainer.lr_scheduler_configs:  # LR schedules include it
+                        if config.scheduler.optimizer is optimizer:
+                            follow_new_group(config.scheduler, group)
 
 
 def freeze_callback(strategy: Strategy, blocks: tuple[str, ...], lr: float) -> FreezeBlocks:
@@ -258,15 +277,35 @@ def freeze_callback(strategy: Strategy, blocks: tuple[str, ...], lr: float) -> F
     return FreezeBlocks([b for b in blocks if b not in trainable], schedule, keep)
 
 
+def split_decay(named: Any, no_decay: tuple[str, ...]) -> tuple[list, list]:
+    """(decayed, not decayed) trainable parameters: a name containing one of ``no_decay``
+    (``bias``, ``LayerNorm.weight``) takes no weight decay."""
+    decayed, kept = [], []
+    for pname, p in named:
+        if p.requires_grad:
+            (kept if any(k in pname for k in no_decay) else decayed).append(p)
+    return decayed, kept
+
+
 def param_groups(model: nn.Module, blocks: tuple[str, ...], lr: float,
-                 strategy: Strategy | None = None) -> list[dict[str, Any]]:
-    """One optimizer group per block with trainable parameters, named for inspection."""
+                 strategy: Strategy | None = None,
+                 no_decay: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """One optimizer group per block with trainable parameters, named for inspection; with
+    ``no_decay``, a block's biases and norm weights go in a second group without decay."""
     groups = []
     for name in blocks:
-        params = [p for p in model.block(name).parameters() if p.requires_grad]
-        if params:
-            factor = strategy.lr_factor(name, blocks) if strategy else 1.0
-            groups.append({"params": params, "lr": lr * factor, "name": name})
+        factor = strategy.lr_factor(name, blocks) if strategy else 1.0
+        if not no_decay:
+            params = [p for p in model.block(name).parameters() if p.requires_grad]
+            if params:
+                groups.append({"params": params, "lr": lr * factor, "name": name})
+            continue
+        decayed, kept = split_decay(model.block(name).named_parameters(), no_decay)
+        if decayed:
+            groups.append({"params": decayed, "lr": lr * factor, "name": name})
+        if kept:
+            groups.append({"params": kept, "lr": lr * factor, "name": f"{name}:no_decay",
+                           "weight_decay": 0.0})
     return groups
 
 
