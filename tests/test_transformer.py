@@ -221,7 +221,13 @@ def bert_study(data, results: Path, cache: Path, folder: Path, *extra: str) -> l
     base = [o for o in small_study_overrides(data, results, cache)
             if not o.startswith(("model.", "embeddings"))]
     return [*base, "model=transformer", f"model.path={folder}", "model.max_len=32",
-            "embeddings=none", "train.batch_size=16", "train.min_steps=8", *extra]
+            "embeddings=none", "train.batch_size=16", "train.min_steps=8", *SHORT, *extra]
+
+
+# The model's candidate lengths (conf/model/minilm.yaml: 32..256 steps, a probe's 250..2000)
+# cut to a tiny encoder's test: two candidates each, still chosen by CV.
+SHORT = ["train.lengths=[8,16]", "train.probe_lengths=[10,20]",
+         *(f"strategy.{s}.train.lengths=[8,16]" for s in ("frozen", "partial", "lora", "bitfit"))]
 
 
 def test_frozen_cell_from_cached_features_equals_the_live_model(tiny_bert, small_data, tmp_path):
@@ -257,8 +263,8 @@ def test_lp_ft_probe_stage_on_cached_features_equals_the_live_model(tiny_bert, s
     fast, live = NeuralMethod(prep, cfg, s), NeuralMethod(prep, cfg, s)
     live.caches_probe_stage = False
     assert fast.caches_probe_stage and not fast.caches
-    a, b = fast.final({}, 60, 0, [3, 2]), live.final({}, 60, 0, [3, 2])
-    assert a.steps == b.steps and a.epochs == b.epochs == 5
+    a, b = fast.final({}, 60, 0, [30, 8]), live.final({}, 60, 0, [30, 8])
+    assert a.steps == b.steps == 38 and a.epochs == b.epochs == 8  # 4 rounds a phase
     assert len(set(a.test_predictions.tolist())) > 1  # not a constant answer matching trivially
     assert a.metrics["test_acc"] == pytest.approx(b.metrics["test_acc"], abs=1e-9)
     assert np.array_equal(a.test_predictions, b.test_predictions)
@@ -308,9 +314,9 @@ def test_gradual_unfreezing_on_cached_frozen_rounds_equals_the_live_model(tiny_b
     fast, live = NeuralMethod(prep, cfg, gradual), NeuralMethod(prep, cfg, gradual)
     live.caches_rounds = False
     assert fast.caches_rounds and gradual.frozen_layers(prep.backbone.blocks) == 0
-    for rounds in ([6], [2]):
-        a, b = fast.final({}, 60, 0, rounds), live.final({}, 60, 0, rounds)
-        assert a.steps == b.steps and a.epochs == b.epochs == rounds[0]
+    for steps in ([8], [2]):  # 4 rounds of 2 steps (all unfrozen by the last); 2 rounds of 1
+        a, b = fast.final({}, 60, 0, steps), live.final({}, 60, 0, steps)
+        assert a.steps == b.steps == steps[0] and a.epochs == b.epochs == min(4, steps[0])
         assert a.trainable == b.trainable
         # the tiny random BERT learns little here, so the loss (every logit) is the check
         assert a.metrics["test_loss"] == pytest.approx(b.metrics["test_loss"], rel=1e-6)
@@ -429,7 +435,8 @@ def test_a_tiny_study_on_the_real_minilm_weights(cache_home, tmp_path):
             if not o.startswith(("model.", "embeddings", "data.sizes", "seeds"))]
     proc = run_cli("sweep", *base, "model=minilm", "embeddings=none", "strategy=[frozen,lora]",
                    "data.sizes=[30]", "seeds=[0]", "train.max_epochs=2", "train.min_steps=4",
-                   "train.lr=1e-3", "model.max_len=32")
+                   "train.lr=1e-3", "model.max_len=32", "strategy.frozen.train.lengths=[30,60]",
+                   "strategy.lora.train.lengths=[4,8]")
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in
                (tmp_path / "r" / "small" / "records.jsonl").read_text().splitlines()]

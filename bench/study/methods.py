@@ -253,10 +253,11 @@ class NeuralMethod(_Method):
                first_callbacks: Sequence[Any] = (), on_fold: Any = None) -> Selection:
         cell = with_params(self.cfg, {**self.defaults, **params})
         if self.counts_steps(cell) and not self.prep.protocol.uses_validation_split:
-            return self._select_length(cell, n, seed, on_fold)
+            return self._select_length(cell, n, seed, on_fold, first_callbacks)
         return self._select_rounds(params, n, seed, first_callbacks)
 
-    def _select_length(self, cell: DictConfig, n: int, seed: int, on_fold: Any) -> Selection:
+    def _select_length(self, cell: DictConfig, n: int, seed: int, on_fold: Any,
+                       first_callbacks: Sequence[Any] = ()) -> Selection:
         """Every candidate length on every split, each fit decaying over its own length; the
         length with the best mean held-out accuracy wins (ties: the lower mean held-out
         loss). LP-FT chooses its probe stage's length first, then fine-tunes every split
@@ -277,7 +278,8 @@ class NeuralMethod(_Method):
             for i, (train, held) in enumerate(splits):
                 for j, length in enumerate(ladder):
                     fit = self._fit_steps(cell, train, held, seed, False, [*chosen, length], n,
-                                          probe_only=not last, probe=probes[i])
+                                          probe_only=not last, probe=probes[i],
+                                          callbacks=first_callbacks if i == 0 and last else ())
                     acc[i, j], loss[i, j] = fit.metrics["val_acc"], fit.metrics["val_loss"]
                     epochs, steps, seconds = (epochs + (fit.epochs or 0), steps + (fit.steps or 0),
                                               seconds + fit.seconds)
@@ -301,10 +303,11 @@ class NeuralMethod(_Method):
 
     def _select_rounds(self, params: dict[str, Any], n: int, seed: int,
                        first_callbacks: Sequence[Any] = ()) -> Selection:
-        """Configs without ``train.lengths``: as every method's, plus room under a decaying LR schedule. There a fit cannot run
-        on past its cap (the LR has decayed to about 0), so a selection that ends at its cap
-        still improving is run again with twice the rounds, each round as long as before
-        (``train.min_steps`` doubled too) and the schedule laid over all of them, while
+        """Configs without ``train.lengths``: as every method's, plus room under a decaying LR
+        schedule. There a fit cannot run on past its cap (the LR has decayed to about 0), so a
+        selection that ends at its cap still improving is run again with twice the rounds,
+        each round as long as before (``train.min_steps`` doubled too) and the schedule laid
+        over all of them, while
         ``train.max_epochs + train.extend_epochs`` (the hard limit) allows. The grown length
         becomes part of the chosen setting (``grown``), so the final fit lays its schedule
         the same way. The reruns are not reported to the pruner; their cost is counted."""
@@ -462,7 +465,7 @@ class NeuralMethod(_Method):
     def _fit_steps(self, cell: DictConfig, train_idx: np.ndarray, val_idx: np.ndarray | None,
                    seed: int, test: bool, lengths: list[int], n_full: int,
                    probe_only: bool = False, probe: dict[str, torch.Tensor] | None = None,
-                   log_as: str | None = None) -> Fit:
+                   log_as: str | None = None, callbacks: Sequence[Any] = ()) -> Fit:
         """A fit counted in optimizer steps: ``lengths`` (one per phase, in steps of a fit on
         ``n_full`` texts) become this fit's own steps at the same number of passes; each
         phase's schedule spans exactly its steps, warm-up included. LP-FT: ``probe_only``
@@ -531,7 +534,7 @@ class NeuralMethod(_Method):
         module = TextClassifier(model, target.num_classes, lr, decay, strategy, penalty,
                                 schedule, optimizer, no_decay=no_decay)
         result = fit_and_test(module, train, val, test_loader,
-                              callbacks=[freeze_callback(strategy, model.blocks, lr)],
+                              callbacks=[freeze_callback(strategy, model.blocks, lr), *callbacks],
                               logger=fit_logger(self.cfg, log_as), max_epochs=rounds,
                               steps=steps, **run)
         phases.append(trace(module, steps))

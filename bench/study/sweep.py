@@ -95,8 +95,11 @@ def tune(method: Method, cfg: DictConfig, size: int | str, n: int, seed: int, st
                                 worker_id=int(hpo.worker_id),
                                 sampler=str(OmegaConf.select(cfg, "hpo.sampler", default="tpe")),
                                 startup=startup)
-    by_fold = method.prunes and str(OmegaConf.select(cfg, "hpo.pruner.name", default="none")) \
-        in search_space.FOLD_PRUNERS
+    # fed each fold's score: a pruner made for it, or any pruner where fits run whole lengths
+    # (no round-by-round validation to report)
+    by_fold = method.prunes and (
+        str(OmegaConf.select(cfg, "hpo.pruner.name", default="none")) in search_space.FOLD_PRUNERS
+        or (isinstance(method, NeuralMethod) and method.counts_steps(with_params(cfg, method.defaults))))
 
     if start_at_default(cfg) and not study.get_trials(deepcopy=False):
         # the untuned setting first: what tuning finds is then never worse on the selection
