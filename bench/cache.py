@@ -6,6 +6,7 @@ interrupted process never leaves a half-written file that a later run would trus
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -14,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
+
+from bench.errors import BenchError
 
 T = TypeVar("T")
 
@@ -54,6 +57,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BenchError(f"no space left on the device writing {path.parent} ({path.name} "
+                             "kept as it was)") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path

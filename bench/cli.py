@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -59,6 +60,14 @@ def _one_line(exc: BaseException) -> str:
         lines += [ln.strip() for ln in str(exc.__cause__).splitlines()[:1]]
     text = " ".join(ln for ln in lines if ln and not ln.startswith(skip))
     text = text.split(" Config search path:")[0]  # Hydra internals, not the user's problem
+    missing = re.search(r"Could not (?:load|find) '([\w@.]+)/([^']+)'", text)
+    if missing and "Available options" not in text:  # a list element (strategy=[nope])
+        from bench.config import config_dir
+
+        group = missing[1].split("@")[0]
+        names = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        if names:
+            text = f"{text} The {group} choices: {', '.join(names)}"
     return text + " (`transfer-bench sweep --cfg job` shows the valid keys)" \
         if "not in struct" in text else text
 

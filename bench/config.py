@@ -270,6 +270,8 @@ def check_logger(cfg: DictConfig) -> None:
     if name == "mlflow":
         import importlib.util
 
+        check_reachable(OmegaConf.select(cfg, "logger.tracking_uri", default=None),
+                        "logger.tracking_uri")
         try:
             found = importlib.util.find_spec("mlflow") is not None
         except (ImportError, ValueError):  # an import hook refusing it, a stub module
@@ -277,6 +279,23 @@ def check_logger(cfg: DictConfig) -> None:
         if not found:
             raise BenchError("logger=mlflow needs MLflow (pip install 'transfer-bench[mlflow]'); "
                              "or use logger=csv")
+
+
+def check_reachable(uri: Any, where: str, timeout: float = 3.0) -> None:
+    """A server a config names (``http://host:port``) answers a TCP connection now, before any
+    fit: an unreachable tracker is one line, not minutes of retries after training started."""
+    if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+    except OSError as exc:
+        raise BenchError(f"{where}={uri!r} cannot be reached ({exc.strerror or exc}); start the "
+                         "server or choose another logger (logger=csv)") from None
 
 
 def _distinct_seeds(seeds: list[int], key: str) -> None:

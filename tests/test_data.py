@@ -90,6 +90,24 @@ def test_csv_and_jsonl_loaders(tmp_path):
     assert data.classes == ["0", "1", "2"] and data.labels.tolist()[:3] == [0, 1, 2]
 
 
+def test_a_csv_with_a_long_document_is_read_whole(tmp_path):
+    """A 200,000-character field is valid CSV (pandas reads it); the csv module's default
+    limit (131,072) refused the file."""
+    import csv
+
+    import pandas as pd
+
+    path = tmp_path / "long.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerow(["word " * 40_000, "pos"])
+        writer.writerows([[f"short text {i}", "neg" if i % 2 else "pos"] for i in range(9)])
+    assert len(pd.read_csv(path)["text"][0]) == 200_000  # valid by pandas' reading
+    data = load_table(path, "text", "label")
+    assert len(data) == 10 and len(data.texts[0]) >= 199_999
+
+
 def test_a_numeric_label_column_is_compared_as_numbers(tmp_path):
     """1, 1.0 and 01 in one column are one class; 1.5 stays its own; words are left alone."""
     path = tmp_path / "n.csv"

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from optuna.trial import TrialState
 
 from bench.folder import load_records
-from conftest import cell_study, run_cli, small_study_overrides
+from conftest import REPO, cell_study, run_cli, small_study_overrides
 
 EXE = Path(sys.executable).with_name("transfer-bench")
 
@@ -139,3 +141,54 @@ def test_a_corrupt_cached_source_model_is_rebuilt_not_trusted(tmp_path, small_da
     assert second.returncode == 0, second.stderr
     assert "trained in" in second.stderr  # rebuilt, not loaded
     assert _metrics(tmp_path / "one" / "records.jsonl") == _metrics(tmp_path / "two" / "records.jsonl")
+
+
+def test_a_write_that_runs_out_of_space_leaves_the_old_file_and_says_so(tmp_path):
+    """Simulated ENOSPC half-way through a write: the file keeps its old content, no temporary
+    file is left, and the error is one line naming the folder."""
+    import errno
+
+    from bench.cache import atomic_write, atomic_write_text
+    from bench.errors import BenchError
+
+    target = atomic_write_text(tmp_path / "table.md", "old\n")
+
+    def half_then_full(tmp):
+        tmp.write_text("new, cut sh")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(BenchError, match="no space left on the device writing") as refused:
+        atomic_write(target, half_then_full)
+    assert str(tmp_path) in str(refused.value) and "\n" not in str(refused.value)
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_a_full_disk_during_report_is_one_line_and_keeps_the_records(tmp_path):
+    """A real small file system (tmpfs) holding a committed study and little room: `report`
+    fails in one line that names the study and the command that rewrites it; the records are
+    as they were and no half-written file is left."""
+    study = REPO / "results" / "reuters_multisource_longer"
+    room = sum(p.stat().st_size for p in study.iterdir() if p.is_file()) + 96 * 1024
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or 'not root'})")
+    try:
+        copy = mount / study.name
+        copy.mkdir()
+        for p in study.iterdir():
+            if p.is_file():
+                shutil.copy(p, copy / p.name)
+        before = (copy / "records.jsonl").read_bytes()
+        proc = run_cli("report", str(copy))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no space left"), lines
+        assert "records" in lines[0] and f"transfer-bench report {copy}" in lines[0]
+        assert (copy / "records.jsonl").read_bytes() == before
+        assert not [p for p in copy.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

@@ -99,3 +99,19 @@ def test_mlflow_without_the_extra_is_one_line_exit_2(tmp_path, small_data, cache
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "logger=mlflow needs MLflow (pip install 'transfer-bench[mlflow]')" in proc.stderr
     assert not (tmp_path / "small").exists()
+
+
+def test_an_unreachable_tracking_server_is_one_line_before_any_fit(tmp_path):
+    """Nothing listens on port 9: the sweep stops at the config check, exit 2, in one line,
+    with nothing written (it used to train, then retry for minutes)."""
+    import time
+
+    from tests.conftest import run_main
+    from tests.test_verbs import one_line_error
+
+    start = time.perf_counter()
+    proc = run_main("sweep", "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9/",
+                    f"paths.results={tmp_path / 'r'}")
+    one_line_error(proc, "logger.tracking_uri='http://127.0.0.1:9/' cannot be reached")
+    assert time.perf_counter() - start < 10
+    assert not (tmp_path / "r").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli, run_main
@@ -178,10 +180,33 @@ REUTERS = [
 LEGACY = ["legacy/movie_to_amazon_reference", "legacy/movie_to_amazon_strategies"]
 
 
+def committed_studies(repo: Path = REPO) -> set[str]:
+    """The studies git tracks: a study `make run` (or any sweep) just wrote under results/
+    is the user's, not a committed one."""
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--", "results/*manifest.json"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    return {Path(p).parent.relative_to("results").as_posix() for p in listed}
+
+
 def test_every_committed_study_is_listed_here():
-    studies = {p.parent.relative_to(REPO / "results").as_posix()
-               for p in (REPO / "results").glob("**/manifest.json")}
-    assert studies == {c[0] for c in COMMITTED + REUTERS} | set(LEGACY)
+    assert committed_studies() == {c[0] for c in COMMITTED + REUTERS} | set(LEGACY)
+
+
+def test_a_study_written_by_make_run_is_not_taken_for_a_committed_one(tmp_path):
+    """The README's two commands in its order: `make run` writes results/movie_to_amazon/,
+    then `make test` must still pass: a repository with one committed study and the one
+    `make run` wrote lists the committed one only (a glob over results/ finds both)."""
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for study in ("committed", "movie_to_amazon"):
+        (tmp_path / "results" / study).mkdir(parents=True)
+        (tmp_path / "results" / study / "manifest.json").write_text("{}")
+    git("add", "results/committed/manifest.json")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "study")
+    assert committed_studies(tmp_path) == {"committed"}
+    assert len(list((tmp_path / "results").glob("**/manifest.json"))) == 2
 
 
 @pytest.fixture(scope="session")

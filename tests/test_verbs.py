@@ -147,3 +147,12 @@ def test_a_one_seed_cell_of_a_running_study_is_neither_best_nor_tested(tmp_path)
     column = [r.split("|")[2] for r in (study / "report" / "table.md").read_text().splitlines()
               if r.startswith("| ") and "strategy" not in r]
     assert sum("**" in c for c in column) == 1
+
+
+@pytest.mark.parametrize("override, group", [("strategy=[full,nope]", "strategy"),
+                                             ("model=nope", "model"), ("logger=nope", "logger"),
+                                             ("hpo=nope", "hpo"), ("protocol=nope", "protocol")])
+def test_an_unknown_name_in_any_group_lists_the_valid_ones(override, group):
+    line = one_line_error(run_main("validate", override), "nope")
+    names = sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+    assert all(name in line for name in names), line

@@ -31,14 +31,22 @@ def publish(study_dir: Path, metric: str = report.DEFAULT_METRIC, against: Itera
     Returns (folder, the Markdown to print, notes on what was skipped)."""
     tables = report.load(study_dir, metric)  # a damaged study folder is named before any write
     writable(report.report_dir(study_dir, metric))
-    out, text, notes = report.write(study_dir, metric, against)
-    drawn = None
-    if plots:
-        from bench.analysis import plots as plots_mod
+    try:
+        out, text, notes = report.write(study_dir, metric, against)
+        drawn = None
+        if plots:
+            from bench.analysis import plots as plots_mod
 
-        drawn = plots_mod.write_all(study_dir, out, metric)
-        notes += drawn.notes
-    page.write(tables, out, drawn)
+            drawn = plots_mod.write_all(study_dir, out, metric)
+            notes += drawn.notes
+        page.write(tables, out, drawn)
+    except BenchError as exc:
+        if "no space left" not in str(exc):
+            raise
+        # every file is written whole or not at all (cache.atomic_write): the last report's
+        # files or the new ones, never a truncated one; the records are only read
+        raise BenchError(f"{exc}; the records in {study_dir} are intact: free space, then "
+                         f"transfer-bench report {study_dir} rewrites the report") from None
     return out, text, notes
 
 

@@ -7,6 +7,7 @@ Every loader returns a :class:`LabelledTexts`. Registry datasets come through
 from __future__ import annotations
 
 import csv
+import sys
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,11 @@ def detect_delimiter(sample: str, columns: list[str]) -> str:
     return fits[0] if fits else ","
 
 
+# The largest field the csv module takes: the C long's maximum (sys.maxsize overflows it on
+# platforms where a long is 32 bits).
+_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+
 def _read_csv(path: Path, delimiter: str | None, columns: list[str],
               dropped: dict[str, int]) -> tuple[list[str], list[dict[str, Any]], str]:
     """Header and rows as dicts; a row with a wrong number of fields is dropped and counted."""
@@ -198,6 +204,7 @@ def _read_csv(path: Path, delimiter: str | None, columns: list[str],
         fh.seek(0)
         if delimiter is None:
             delimiter = "\t" if path.suffix.lower() == ".tsv" else detect_delimiter(sample, columns)
+        csv.field_size_limit(_FIELD_LIMIT)  # long documents are valid CSV: no 128 KiB cap
         reader = csv.reader(fh, delimiter=delimiter)
         header = [h.strip() for h in next(reader, [])]
         rows, bad = [], 0
