@@ -22,7 +22,9 @@ MINILM = ["experiment=movie_to_amazon_minilm"]
 
 def spaces(cfg) -> dict[str, dict]:
     """Each selected strategy's effective search space, as a NeuralMethod builds it."""
-    shared = dict(cfg.hpo.space)
+    from bench.search_space import entries
+
+    shared = entries(dict(cfg.hpo.space))
     return {s.name: {**shared, **dict(s.space)} for s in strategies(cfg)}
 
 
@@ -43,8 +45,11 @@ def test_each_transformer_strategy_has_its_own_range_and_default():
     # the MiniLM study gives the adapters a probe's steps (docs/protocol.md, item 6), and every
     # pretrained strategy the model's growth rule; scratch keeps the study's pinned 0
     grow = {"train.extend_epochs": 30}
-    assert by_name["lora"].defaults == {"train.lr": 5e-4, "train.min_steps": 300, **grow}
-    assert by_name["bitfit"].defaults == {"train.lr": 1e-3, "train.min_steps": 300, **grow}
+    rounds = {"train.lengths": None}  # pinned to the rule it ran under (fits in rounds)
+    assert by_name["lora"].defaults == {"train.lr": 5e-4, "train.min_steps": 300, **grow,
+                                        **rounds}
+    assert by_name["bitfit"].defaults == {"train.lr": 1e-3, "train.min_steps": 300, **grow,
+                                          **rounds}
     assert by_name["full"].defaults == grow                  # the model's train.lr, 5e-5
     assert by_name["scratch"].defaults == {} and int(cfg.train.extend_epochs) == 0
     assert float(cfg.train.lr) == 5e-5
@@ -294,28 +299,33 @@ def test_a_fits_peak_memory_is_what_it_needed_not_the_process_lifetime_peak(mib)
 
 def test_under_a_decaying_schedule_a_selection_at_its_cap_is_rerun_with_twice_the_rounds(
         tmp_path, small_data, cache):
-    """A linear-decay fit cannot run on past its cap, so the selection is rerun with the
-    schedule over twice the rounds (each round as long) while the hard limit allows, and the
-    final fit uses that length; with no room (extend_epochs 0) the same fit stays at its cap."""
-    from bench.folder import load_records
+    """The rule configs recorded before ``train.lengths`` ran under (the committed MiniLM
+    studies; `reproduce` reruns their fits with it): a linear-decay fit cannot run on past its
+    cap, so the selection is rerun with the schedule over twice the rounds (each round as
+    long) while the hard limit allows, and the final fit uses that length; with no room
+    (extend_epochs 0) the same fit stays at its cap. A new study is refused such a config."""
+    from bench.study.methods import NeuralMethod
+    from bench.study.prepare import prepare
 
-    def study(extend: int, name: str) -> dict:
-        args = [*small_study_overrides(small_data, tmp_path, cache), f"study={name}",
-                "strategy=[full]", "data.sizes=[100]", "seeds=[0]",
-                "train.schedule.name=linear_warmup", "train.lr=1.0e-2",  # slow: still improving
-                "train.max_epochs=2", "train.min_epochs=1", f"train.extend_epochs={extend}"]
-        proc = run_cli("sweep", *args)
-        assert proc.returncode == 0, proc.stderr
-        (record,) = [r for r in load_records(tmp_path / name / "records.jsonl")
-                     if r["strategy"] == "full"]
-        return record
+    def method(extend: int) -> NeuralMethod:
+        cfg = compose_config([*small_study_overrides(small_data, tmp_path, cache),
+                              "strategy=[full]", "data.sizes=[100]", "seeds=[0]",
+                              "train.schedule.name=linear_warmup", "train.lr=1.0e-2",
+                              "train.max_epochs=2", "train.min_epochs=1",
+                              f"train.extend_epochs={extend}"])
+        (full,) = strategies(cfg)
+        return NeuralMethod(prepare(cfg, [full], [100]), cfg, full)
 
-    capped, grown = study(0, "capped"), study(6, "grown")
-    assert "at_cap" in capped["flags"] and "train.max_epochs" not in capped["params"]
-    rounds = grown["params"]["train.max_epochs"]
+    capped_method, grown_method = method(0), method(6)
+    capped, grown = capped_method.select({}, 100, 0), grown_method.select({}, 100, 0)
+    assert capped.at_cap and not capped.grown
+    rounds = grown.grown["train.max_epochs"]
     assert rounds in (4, 8)  # 2 -> 4 -> 8: doubling up to the hard limit 2 + 6
-    assert grown["params"]["train.min_steps"] == 8 * rounds // 2  # rounds as long as before
-    assert grown["rounds"][0] > 2  # the final fit ran past the nominal cap
-    assert ("at_cap" in grown["flags"]) == (rounds == 8 and grown["selection"]["at_cap"])
-    per_round = lambda r: r["steps"] / r["rounds"][0]  # noqa: E731
-    assert per_round(grown) == per_round(capped)
+    assert grown.grown["train.min_steps"] == 8 * rounds // 2  # rounds as long as before
+    assert grown.rounds[0] > 2  # the final fit runs past the nominal cap
+    a = capped_method.final({}, 100, 0, capped.rounds)
+    b = grown_method.final(dict(grown.grown), 100, 0, grown.rounds)
+    assert a.steps / capped.rounds[0] == b.steps / grown.rounds[0]  # rounds as long
+    refused = run_cli("sweep", *small_study_overrides(small_data, tmp_path, cache),
+                      "strategy=[full]", "train.schedule.name=linear_warmup")
+    assert refused.returncode == 2 and "train.lengths is not set" in refused.stderr

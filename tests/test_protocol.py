@@ -35,9 +35,9 @@ def _spy_loaders(monkeypatch) -> list[tuple[np.ndarray, bool]]:
     seen: list[tuple[np.ndarray, bool]] = []
     real = Task.loader
 
-    def spy(self, index, batch_size, shuffle=False, seed=0, passes=1):
+    def spy(self, index, batch_size, shuffle=False, seed=0, passes=1, per_epoch=None):
         seen.append((np.asarray(index).copy(), shuffle))
-        return real(self, index, batch_size, shuffle, seed, passes)
+        return real(self, index, batch_size, shuffle, seed, passes, per_epoch)
 
     monkeypatch.setattr(Task, "loader", spy)
     return seen
