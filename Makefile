@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-studies lint reports reference reference-fixed-val variance strategies minilm multisource wheelhouse benchmark install clean-venv
+.PHONY: run test test-studies lint reports reference reference-fixed-val variance strategies minilm minilm-fits multisource wheelhouse benchmark install clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ strategies: $(STAMP)
 minilm: $(STAMP)
 	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm $(ARGS)
 	$(BIN)/transfer-bench report results/movie_to_amazon_minilm
+
+## minilm-fits: run or resume the check of the transformer fit rules (full, lp_ft, gradual
+## untuned on the MiniLM study's subsets, 5 seeds; about 5 h alone on a 2-core CPU), then the
+## plain script at the same sizes and the paired table (fits_check.md)
+minilm-fits: $(STAMP)
+	$(BIN)/transfer-bench sweep experiment=movie_to_amazon_minilm_fits $(ARGS)
+	$(BIN)/transfer-bench report results/movie_to_amazon_minilm_fits
+	$(BIN)/python scripts/plain_finetune.py --sizes 50 200 1000 --seeds 0 1 2 3 4 \
+	    --out results/movie_to_amazon_minilm_fits/plain_check
+	$(BIN)/python scripts/fits_check.py
 
 ## multisource: regenerate the committed multi-source studies (product reviews, Reuters R8)
 multisource: $(STAMP)

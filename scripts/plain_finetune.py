@@ -46,18 +46,24 @@ def suite_methods() -> tuple[NeuralMethod, NeuralMethod]:
     return NeuralMethod(prep, over_4, strategy), NeuralMethod(prep, over_10, strategy)
 
 
-def plain_fit(method: NeuralMethod, seed: int) -> float:
+def plain_epochs(n: int) -> int:
+    """The textbook length: 4 epochs, or as many as make 100 steps at a small n."""
+    return max(EPOCHS, -(-100 // -(-n // BATCH)))
+
+
+def plain_fit(method: NeuralMethod, seed: int, n: int = N) -> float:
     """The textbook loop, nothing from the suite but the data."""
     prep = method.prep
     target, pad = prep.target, prep.backbone.pad_id
-    train = torch.as_tensor(method.subset(N, seed))
+    epochs = plain_epochs(n) if n != N else EPOCHS
+    train = torch.as_tensor(method.subset(n, seed))
     test = torch.as_tensor(target.splits.test)
     torch.manual_seed(seed)
     body = AutoModel.from_pretrained(prep.backbone.folder, local_files_only=True)
     head = torch.nn.Linear(body.config.hidden_size, target.num_classes)
     optimizer = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=LR,
                                   weight_decay=DECAY)
-    schedule = get_linear_schedule_with_warmup(optimizer, 0, EPOCHS * -(-N // BATCH))
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, epochs * -(-n // BATCH))
 
     def logits(ids: torch.Tensor) -> torch.Tensor:
         mask = (ids != pad).long()
@@ -66,8 +72,8 @@ def plain_fit(method: NeuralMethod, seed: int) -> float:
 
     order = torch.Generator().manual_seed(seed)
     body.train()
-    for _ in range(EPOCHS):
-        for batch in torch.randperm(N, generator=order).split(BATCH):
+    for _ in range(epochs):
+        for batch in torch.randperm(n, generator=order).split(BATCH):
             rows = train[batch]
             loss = torch.nn.functional.cross_entropy(logits(target.ids[rows]), target.labels[rows])
             optimizer.zero_grad()
@@ -116,12 +122,41 @@ def table(rows: list[dict], study: Path = STUDY) -> str:
             "of the fit alone); the study's record is its final fit's own seconds.\n")
 
 
+def plain_sizes(sizes: list[int], seeds: list[int], out: Path) -> None:
+    """The plain script alone at each size (``--sizes``): one JSON line per (size, seed) in
+    OUT.jsonl, for the check study's paired table (scripts/fits_check.py)."""
+    (strategy,) = strategies(compose_config(BASE))
+    method = NeuralMethod(prepare(compose_config(BASE), [strategy], sizes), compose_config(BASE),
+                          strategy)
+    log = out.with_suffix(".jsonl")
+    done = set()
+    if log.exists():
+        done = {(r["size"], r["seed"]) for r in map(json.loads, log.read_text().splitlines())}
+    for size in sizes:
+        for seed in seeds:
+            if (size, seed) in done:
+                continue
+            start = time.perf_counter()
+            accuracy = plain_fit(method, seed, size)
+            row = {"variant": "plain script", "size": size, "seed": seed,
+                   "epochs": plain_epochs(size), "test_acc": round(accuracy, 4),
+                   "seconds": round(time.perf_counter() - start, 1)}
+            print(json.dumps(row), flush=True)
+            with log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0],
                         help="replicate seeds to run (none: only rewrite OUT.md from OUT.jsonl)")
     parser.add_argument("--out", type=Path, required=True, help="OUT.jsonl and OUT.md")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="the plain script alone at these sizes (OUT.jsonl only)")
     args = parser.parse_args()
+    if args.sizes:
+        plain_sizes(args.sizes, args.seeds, args.out)
+        return
     log = args.out.with_suffix(".jsonl")
     if args.seeds:
         over_4, over_10 = suite_methods()

@@ -77,3 +77,37 @@ def test_every_docs_link_in_the_readme_points_to_an_existing_file():
     assert targets, "the README links to no docs/ page"
     missing = sorted({t for t in targets if not (REPO / t).is_file()})
     assert not missing, f"README.md links to missing docs/ files: {missing}"
+
+
+RUNNING = re.compile(r"still running|is running|being rerun|as far as it has run")
+
+
+def _complete_studies() -> list[str]:
+    """Committed experiments whose records cover their grid, as `validate` counts them."""
+    from conftest import run_main
+
+    out = []
+    for path in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
+        if not (REPO / "results" / path.stem / "records.jsonl").exists():
+            continue
+        text = run_main("validate", f"experiment={path.stem}").stdout
+        grid = re.search(r"= (\d+) replicates", text)
+        done = re.search(r"\((\d+) records so far", text)
+        if grid and done and int(done[1]) >= int(grid[1]):
+            out.append(path.stem)
+    return out
+
+
+def test_no_page_calls_a_complete_study_running():
+    """A paragraph that names a study `validate` finds complete must not say it is running."""
+    complete = _complete_studies()
+    assert "movie_to_amazon_minilm" in complete  # the check can fail: the grid is known
+    pages = [REPO / "README.md", REPO / "results" / "README.md",
+             *sorted((REPO / "docs").glob("*.md"))]
+    for page in pages:
+        for paragraph in page.read_text().split("\n\n"):
+            for study in complete:
+                named = re.search(rf"\b{study}\b(?!_)", paragraph)
+                if named and RUNNING.search(paragraph):
+                    raise AssertionError(f"{page.name} calls {study} running: "
+                                         f"{paragraph[:300]!r}")
