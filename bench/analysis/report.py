@@ -139,6 +139,7 @@ def frame(records: list[dict[str, Any]], metric: str, legacy_val: int = 0,
                      "steps": r.get("steps"), "trainable": r.get("trainable"),
                      **_memory(r.get("memory")),
                      "at_cap": "at_cap" in (r.get("flags") or []),
+                     "in_steps": r.get("length_unit") == "steps",
                      "tune_seconds": float((r.get("hpo") or {}).get("seconds") or 0.0),
                      "compute_seconds": compute_seconds(r),
                      "trials": (r.get("hpo") or {}).get("n_trials"),
@@ -686,8 +687,10 @@ def table_files(t: StudyTables, negative: dict) -> dict[str, str]:
                + collapses.to_markdown(index=False, disable_numparse=True) + "\n")
     flags = flags_table(df)
     if not flags.empty:
+        steps = ("; for fits counted in steps, the longest candidate length won"
+                 if "in_steps" in df and df["in_steps"].any() else "")
         md += ("\nFlagged fits (at_cap: best held-out score at the last round "
-               "allowed, still improving; below_majority: best held-out accuracy "
+               f"allowed, still improving{steps}; below_majority: best held-out accuracy "
                "under the majority-class rate), see flags.md: "
                + "; ".join(f"{r.strategy} n={r.size}: {r.flags} ({r.seeds})"
                            for r in flags.itertuples()) + "\n")
