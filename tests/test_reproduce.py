@@ -163,6 +163,8 @@ COMMITTED = [
     ("legacy/movie_to_amazon_minilm_2trials", "frozen", 50, 0),
     # a final fit whose selection grew under the decaying schedule (10 -> 40 rounds)
     ("movie_to_amazon_minilm", "lp_ft", 50, 3),
+    # a fit counted in steps: its schedule over the 128 steps CV chose (the check study)
+    ("movie_to_amazon_minilm_fits", "full", 50, 0),
 ]
 # On Reuters (400-token documents) every neural fit is dear. reuters_multisource: its cheapest,
 # scratch at 50 labels with seed 2 (14 rounds; a frozen@ cell first trains a source model, on
