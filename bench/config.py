@@ -298,6 +298,33 @@ def check_reachable(uri: Any, where: str, timeout: float = 3.0) -> None:
                          "server or choose another logger (logger=csv)") from None
 
 
+def check_storage(url: Any) -> None:
+    """An RDB storage on a server (``hpo.storage=postgresql://...``) answers before the study
+    prepares data or claims its folder."""
+    if not isinstance(url, str) or url.startswith("sqlite") or "://" not in url:
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's ArgumentError and friends
+        raise BenchError(f"hpo.storage={url!r} is not a database URL "
+                         "(e.g. postgresql://user@host:5432/db)") from None
+    ports = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+    port = parsed.port or ports.get(parsed.get_backend_name())
+    if parsed.host and port:
+        import socket
+
+        from bench.redact import redact_text
+
+        try:
+            socket.create_connection((parsed.host, port), timeout=3.0).close()
+        except OSError as exc:
+            raise BenchError(f"hpo.storage={redact_text(url)!r} cannot be reached "
+                             f"({exc.strerror or exc}); start the database server or drop "
+                             "hpo.storage (the study's own SQLite file)") from None
+
+
 def _distinct_seeds(seeds: list[int], key: str) -> None:
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
@@ -414,6 +441,7 @@ def check_hpo(cfg: DictConfig) -> None:
     if cfg.baseline.name != "none":
         check_space(OmegaConf.to_container(cfg.baseline.space, resolve=True), "baseline.space")
     make_pruner(OmegaConf.to_container(hpo.pruner, resolve=True))
+    check_storage(OmegaConf.select(cfg, "hpo.storage", default=None))
     if hpo.timeout is not None and not (isinstance(hpo.timeout, (int, float)) and hpo.timeout > 0):
         raise BenchError(f"hpo.timeout={hpo.timeout!r}; give seconds > 0 or null")
 
