@@ -86,6 +86,13 @@ def table() -> str:
         summary = (f"\n\nWhere the new final fits' LR ended, over {len(ends)} phases (LP-FT has "
                    f"two): median {np.median(frac):.3f} of the peak, {int((frac >= 0.5).sum())} "
                    f"at >= 0.5 of it, {inside} inside the warm-up.")
+    by_size = {n: [v for (m, _), v in script.items() if m == n] for n in SIZES}
+    alone = "".join(f"\n| {n} | {len(v)} | {np.mean(v):.3f} | {min(v):.3f} - {max(v):.3f} |"
+                    for n, v in by_size.items() if v)
+    if alone:
+        summary += ("\n\nThe plain script on every seed it has run, whether or not the check "
+                    "study has reached it:\n\n| n | seeds | mean | range |\n|---|---|---|---|"
+                    + alone)
     return ("Check study against today's MiniLM study and the plain script, the same subsets "
             "and 1,000 test texts per seed (`python scripts/fits_check.py`); test accuracy, "
             "means over the seeds the new study has so far; differences paired per seed with a "
