@@ -286,16 +286,22 @@ def check_reachable(uri: Any, where: str, timeout: float = 3.0) -> None:
     fit: an unreachable tracker is one line, not minutes of retries after training started."""
     if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
         return
-    import socket
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    _connect(parts.hostname or "localhost", parts.port or (443 if parts.scheme == "https" else 80),
+             f"{where}={uri!r}", "start the server or choose another logger (logger=csv)",
+             timeout)
+
+
+def _connect(host: str, port: int, what: str, advice: str, timeout: float = 3.0) -> None:
+    """A TCP connection to a service a config names, or one line saying it cannot be had."""
+    import socket
+
     try:
-        socket.create_connection((parts.hostname or "localhost", port), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
-        raise BenchError(f"{where}={uri!r} cannot be reached ({exc.strerror or exc}); start the "
-                         "server or choose another logger (logger=csv)") from None
+        raise BenchError(f"{what} cannot be reached ({exc.strerror or exc}); {advice}") from None
 
 
 def check_storage(url: Any) -> None:
@@ -313,16 +319,10 @@ def check_storage(url: Any) -> None:
     ports = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
     port = parsed.port or ports.get(parsed.get_backend_name())
     if parsed.host and port:
-        import socket
-
         from bench.redact import redact_text
 
-        try:
-            socket.create_connection((parsed.host, port), timeout=3.0).close()
-        except OSError as exc:
-            raise BenchError(f"hpo.storage={redact_text(url)!r} cannot be reached "
-                             f"({exc.strerror or exc}); start the database server or drop "
-                             "hpo.storage (the study's own SQLite file)") from None
+        _connect(parsed.host, port, f"hpo.storage={redact_text(url)!r}",
+                 "start the database server or drop hpo.storage (the study's own SQLite file)")
 
 
 def _distinct_seeds(seeds: list[int], key: str) -> None:

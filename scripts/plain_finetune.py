@@ -125,9 +125,9 @@ def table(rows: list[dict], study: Path = STUDY) -> str:
 def plain_sizes(sizes: list[int], seeds: list[int], out: Path) -> None:
     """The plain script alone at each size (``--sizes``): one JSON line per (size, seed) in
     OUT.jsonl, for the check study's paired table (scripts/fits_check.py)."""
-    (strategy,) = strategies(compose_config(BASE))
-    method = NeuralMethod(prepare(compose_config(BASE), [strategy], sizes), compose_config(BASE),
-                          strategy)
+    cfg = compose_config(BASE)
+    (strategy,) = strategies(cfg)
+    method = NeuralMethod(prepare(cfg, [strategy], sizes), cfg, strategy)
     log = out.with_suffix(".jsonl")
     done = set()
     if log.exists():

@@ -308,11 +308,8 @@ def fit_and_test(module: TextClassifier, train: DataLoader, val: DataLoader | No
                             trainer.validate(module, val, verbose=False)[0].items()})
         metrics.update({k: float(v) for k, v in
                         trainer.test(module, test, verbose=False)[0].items()})
-    order = np.fromiter((i for batch in test.sampler for i in batch), dtype=np.int64)
-    predictions = np.empty(len(order), dtype=np.int64)
-    predictions[order] = module.test_predictions
     return FitResult(metrics, epochs, best_epoch, time.perf_counter() - start,
-                     _model_state(module), diverged, at_cap, predictions, **cost)
+                     _model_state(module), diverged, at_cap, _predictions(module, test), **cost)
 
 
 def _fit_for_steps(module: TextClassifier, train: DataLoader, val: DataLoader | None,
@@ -340,13 +337,18 @@ def _fit_for_steps(module: TextClassifier, train: DataLoader, val: DataLoader | 
     cost = {"steps": int(trainer.global_step), "trainable": int(getattr(module, "trainable", 0)),
             "memory": memory.record()}
     epochs = int(trainer.current_epoch)
-    predictions = None
-    if test is not None:
-        order = np.fromiter((i for batch in test.sampler for i in batch), dtype=np.int64)
-        predictions = np.empty(len(order), dtype=np.int64)
-        predictions[order] = module.test_predictions
+    predictions = None if test is None else _predictions(module, test)
     return FitResult(metrics, epochs, epochs, time.perf_counter() - start, _model_state(module),
                      None, False, predictions, **cost)
+
+
+def _predictions(module: TextClassifier, test: DataLoader) -> np.ndarray:
+    """The last test run's predicted classes in the test split's order (its batches run
+    length-sorted)."""
+    order = np.fromiter((i for batch in test.sampler for i in batch), dtype=np.int64)
+    predictions = np.empty(len(order), dtype=np.int64)
+    predictions[order] = module.test_predictions
+    return predictions
 
 
 def _model_state(module: TextClassifier) -> dict[str, torch.Tensor]:
